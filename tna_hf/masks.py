@@ -54,7 +54,9 @@ def _mask_generator_seed(seed: int, name: str, shape: tuple[int, ...], rho: floa
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little") & ((1 << 63) - 1)
 
 
-def build_mask(name: str, shape: Iterable[int], rho: float, seed: int, round_index: Optional[int] = None) -> torch.Tensor:
+def build_mask(
+    name: str, shape: Iterable[int], rho: float, seed: int, round_index: Optional[int] = None
+) -> torch.Tensor:
     """Build the mask of one tensor: exactly `round(rho * numel)` entries are `False` (fixed).
 
     The fixed positions are the first entries of a permutation drawn from a private CPU generator
@@ -205,9 +207,12 @@ def load_masks(
         )
     with safe_open(path, framework="pt") as handle:
         header = handle.metadata() or {}
+        if header.get("format_version") != _FORMAT_VERSION or _BITS_KEY not in handle.keys():
+            raise MaskMismatchError(
+                f"{path} is not a tna_hf mask file (format_version={header.get('format_version')!r}, "
+                f"tensors {sorted(handle.keys())}). Write mask files with save_masks."
+            )
         packed = handle.get_tensor(_BITS_KEY).numpy()
-    if header.get("format_version") != _FORMAT_VERSION or "names_and_shapes" not in header:
-        raise MaskMismatchError(f"{path} is not a tna_hf mask file (format_version={header.get('format_version')!r}).")
 
     names_and_shapes = json.loads(header["names_and_shapes"])
     stored_fingerprint = header["fingerprint"]
