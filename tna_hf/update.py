@@ -102,6 +102,8 @@ class MaskedUpdate:
         self._all_params = dict(self.model.named_parameters())
         self._entries: dict[str, _FixedEntries] = {}
         self._hook_handles: list = []
+        # Kept apart from the gradient hooks so that `set_masks` (which replaces those) keeps restoring.
+        self._step_hook_handles: list = []
         self._optimizers: list[torch.optim.Optimizer] = []
         self.set_masks(masks, mode=mode)
 
@@ -184,19 +186,23 @@ class MaskedUpdate:
         Accepts a `torch.optim.Optimizer` or a wrapper with an `.optimizer` attribute (accelerate, Trainer).
         """
         base = optimizer
-        while not isinstance(base, torch.optim.Optimizer) and hasattr(base, "optimizer"):
+        # accelerate's AcceleratedOptimizer subclasses Optimizer but keeps its own (empty) hook tables.
+        while hasattr(base, "optimizer") and base.optimizer is not base:
             base = base.optimizer
         if not isinstance(base, torch.optim.Optimizer):
             raise TypeError(f"attach expects a torch.optim.Optimizer, got {type(optimizer).__name__}.")
         if any(base is known for known in self._optimizers):
             return self
-        self._hook_handles.append(base.register_step_post_hook(lambda *_: self.restore()))
+        self._step_hook_handles.append(base.register_step_post_hook(lambda *_: self.restore()))
         self._optimizers.append(base)
         return self
 
     def detach(self) -> None:
         """Remove every hook this object registered; parameters keep their current values."""
         self.remove_gradient_hooks()
+        for handle in self._step_hook_handles:
+            handle.remove()
+        self._step_hook_handles = []
         self._optimizers = []
 
     @torch.no_grad()
