@@ -23,14 +23,14 @@ CONFIG_NAME = "tna_config.json"
 
 
 class MaskMode(str, enum.Enum):
-    """What happens to the fixed entries of a targeted tensor."""
+    """Treatment of the fixed entries of a targeted tensor."""
 
     FIX = "fix"  # TNA-PFN: fixed entries keep their value at attach time
     PRUNE = "prune"  # pruning at initialization: fixed entries are set to zero and stay zero
 
 
 class MaskSchedule(str, enum.Enum):
-    """How the mask changes over the rounds of multi-round training (federated, ColD fusion)."""
+    """Rule for changing the mask across the rounds of multi-round training (federated, ColD fusion)."""
 
     FIXED = "fixed"  # one mask for every round (TNA-PFN, "FedPFN (fixed)")
     PER_ROUND = "per_round"  # a new mask every round (FedPFN)

@@ -3,7 +3,7 @@
 A mask is a boolean tensor per targeted parameter, `True` where the entry is trainable and
 `False` where it is fixed. The mask of a parameter depends only on the config seed, the
 parameter name, its shape, rho and (for multi-round schedules) the round index, so every
-process, device and run that asks for it gets the same bits.
+process, device and run that builds it gets the same bits.
 """
 
 from __future__ import annotations
