@@ -13,10 +13,20 @@ from tna_hf.metrics import (
     interpolate_state_dicts,
     loss_barrier,
     loss_barrier_terms,
+    mix_state_dicts,
     multi_model_barrier,
     plot_interpolation_curves,
 )
 from tna_hf.models import build_model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Small models on a CPU shared with other jobs run many times faster on one thread.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def two_neuron_net(u, v):
@@ -222,12 +232,16 @@ def test_evaluate_interpolation_rejects_bad_input(alphas, task, match, digits_lo
 def test_mismatched_state_dicts_rejected():
     small = build_model("mlp_h1_w16", in_shape=(64,), num_classes=10).state_dict()
     deep = build_model("mlp_h2_w16", in_shape=(64,), num_classes=10).state_dict()
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(ValueError, match="does not match"):
         interpolate_state_dicts(small, deep, 0.5)
+    with pytest.raises(ValueError, match="missing"):
+        mix_state_dicts([small, deep], [0.5, 0.5])
     counters_1 = {"steps": torch.tensor(1)}
     counters_2 = {"steps": torch.tensor(2)}
-    with pytest.raises(ValueError, match="Non-floating tensor 'steps'"):
+    with pytest.raises(ValueError, match="steps"):
         interpolate_state_dicts(counters_1, counters_2, 0.5)
+    with pytest.raises(ValueError, match="Non-floating tensor 'steps'"):
+        mix_state_dicts([counters_1, counters_2], [0.5, 0.5])
 
 
 def test_multi_model_needs_two():
