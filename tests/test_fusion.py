@@ -258,7 +258,9 @@ def test_bool_buffer_mismatch_error():
 
 def test_invalid_integer_buffer_option():
     state_dict = {"w": torch.zeros(2)}
-    with pytest.raises(ValueError, match=r"mismatched_integer_buffers='last' is invalid; choose one of \['error', 'first'\]"):
+    with pytest.raises(
+        ValueError, match=r"mismatched_integer_buffers='last' is invalid. Choose one of \['error', 'first'\]"
+    ):
         uniform_soup([state_dict], mismatched_integer_buffers="last")
 
 
@@ -319,7 +321,10 @@ def test_uniform_soup_reads_sharded_and_torch_files(tmp_path):
     sharded.mkdir()
     save_file({"a": first["a"]}, str(sharded / "model-00001-of-00002.safetensors"))
     save_file({"b": first["b"]}, str(sharded / "model-00002-of-00002.safetensors"))
-    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    index = {
+        "metadata": {},
+        "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"},
+    }
     (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
     torch_file = tmp_path / "pytorch_model.bin"
     torch.save(second, torch_file)
@@ -378,7 +383,6 @@ def test_uniform_soup_peak_memory_independent_of_count(tmp_path):
 
     growth_six, growth_two = _peak_growth_in_models(folders, model_kib)
 
-    print(f"peak growth: {growth_six:.2f} models for 6 checkpoints, {growth_two:.2f} for 2")
     assert growth_six < 3.6, f"peak grew by {growth_six:.2f} models for 6 checkpoints"
     assert abs(growth_six - growth_two) < 0.3, f"6 checkpoints: {growth_six:.2f} models, 2: {growth_two:.2f}"
 
@@ -418,9 +422,10 @@ def test_provenance_mismatch_warns(tmp_path, caplog, second_init, second_mask, m
     ]
 
     with caplog.at_level(logging.WARNING, logger="tna_hf.fusion"):
-        with pytest.warns(UserWarning, match=message):
+        with pytest.warns(UserWarning, match=message) as record:
             uniform_soup(folders)
     assert message in caplog.text
+    assert record[0].filename == __file__, "the warning must point at the caller of uniform_soup"
     with pytest.raises(ProvenanceMismatchError, match=message):
         uniform_soup(folders, strict=True)
     with pytest.raises(ProvenanceMismatchError, match=message):
@@ -488,7 +493,9 @@ class DigitsTask:
 def digits_ingredients():
     torch.set_num_threads(1)  # bit-reproducible scores across machines with different core counts
     task = DigitsTask()
-    ingredients = [(f"lr{lr}_seed{seed}", task.train(lr, seed)) for lr, seed in [(0.05, 1), (0.1, 2), (0.02, 3), (0.2, 4)]]
+    ingredients = [
+        (f"lr{lr}_seed{seed}", task.train(lr, seed)) for lr, seed in [(0.05, 1), (0.1, 2), (0.02, 3), (0.2, 4)]
+    ]
     ingredients.append(("shuffled_labels", task.train(0.1, 5, shuffle_labels=True)))
     return task, ingredients
 
@@ -612,3 +619,12 @@ def test_greedy_soup_single_ingredient_exact():
     assert_bitwise_equal(soup, state_dict)
     assert report.accepted_names == ["only"]
     assert report.final_score == 0.5
+
+
+def test_greedy_soup_accepts_tensor_scores():
+    state_dict = {"w": torch.ones(2)}
+
+    _, report = greedy_soup([("a", state_dict), ("b", state_dict)], evaluate=lambda sd: torch.tensor(0.75))
+
+    assert report.entries[0].individual_score == 0.75
+    assert isinstance(report.final_score, float)

@@ -28,8 +28,8 @@ def make_args(output_dir, **overrides) -> TrainingArguments:
     settings = dict(
         output_dir=str(output_dir),
         use_cpu=True,
-        per_device_train_batch_size=8,
-        max_steps=4,
+        per_device_train_batch_size=4,
+        max_steps=2,
         learning_rate=1e-2,
         weight_decay=0.1,
         optim="adamw_torch",
@@ -65,7 +65,8 @@ def assert_fixed_kept_and_trainable_moved(model, initial, masks, zero_fixed=Fals
         assert not torch.equal(current[mask], initial[name][mask]), f"trainable entries of {name} did not move"
 
 
-def build_trainer(kind, tmp_path, datasets, tna_config=TNAConfig(rho=0.4, seed=0), **arg_overrides):
+def build_trainer(kind, tmp_path, datasets, tna_config=None, **arg_overrides):
+    tna_config = tna_config or TNAConfig(rho=0.4, seed=0)
     model = make_tiny_roberta() if kind == "roberta" else make_tiny_vit()
     dataset = datasets[kind]
     args = make_args(tmp_path / "out", **arg_overrides)
@@ -80,7 +81,7 @@ def datasets(rotten_tomatoes_tiny, fashion_mnist_tiny):
 # ---------------------------------------------------------------- exactness with real optimizers
 
 EXACTNESS_CASES = [
-    # (model, args.optim, bf16). Every case also accumulates 2 micro-batches and clips at 0.05.
+    # (model, args.optim, bf16). Every case also accumulates 2 micro-batches and clips at 0.02.
     ("roberta", "adamw_torch", False),
     ("roberta", "adamw_torch_fused", True),
     ("roberta", "sgd", False),
@@ -94,7 +95,7 @@ EXACTNESS_CASES = [
 
 @pytest.mark.parametrize("kind,optim,bf16", EXACTNESS_CASES)
 def test_fixed_entries_exact(kind, optim, bf16, tmp_path, datasets):
-    overrides = dict(optim=optim, bf16=bf16, gradient_accumulation_steps=2, max_grad_norm=0.05, max_steps=3)
+    overrides = dict(optim=optim, bf16=bf16, gradient_accumulation_steps=2, max_grad_norm=0.02, max_steps=2)
     if optim == "sgd":
         overrides["optim_args"] = "momentum=0.9,nesterov=true"
     trainer = build_trainer(kind, tmp_path, datasets, **overrides)
@@ -105,8 +106,8 @@ def test_fixed_entries_exact(kind, optim, bf16, tmp_path, datasets):
     assert trainer.masked_update.verify() == []
     assert_fixed_kept_and_trainable_moved(trainer.model, initial, trainer.masks)
     grad_norms = [entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry]
-    assert len(grad_norms) == 3
-    assert all(norm > 0.05 for norm in grad_norms), f"clipping at 0.05 was never active: {grad_norms}"
+    assert len(grad_norms) == 2
+    assert any(norm > 0.02 for norm in grad_norms), f"clipping at 0.02 was never active: {grad_norms}"
 
 
 def test_user_optimizer_exact(tmp_path, rotten_tomatoes_tiny):
@@ -227,12 +228,13 @@ class StopAtStep(TrainerCallback):
 
 
 def test_resume_equals_straight_run(tmp_path, rotten_tomatoes_tiny):
-    # 32 examples in batches of 8: 4 steps per epoch, so the resumed run also crosses an epoch boundary.
-    dataset = rotten_tomatoes_tiny[:32]
+    # 12 examples in batches of 4 make 3 steps per epoch: the resumed run skips 2 batches, then starts epoch 2.
+    dataset = rotten_tomatoes_tiny[:12]
     config = TNAConfig(rho=0.4, seed=3)
+    saving = dict(max_steps=4, save_strategy="steps", save_steps=2)
     straight = MaskedTrainer(
         model=make_tiny_roberta(),
-        args=make_args(tmp_path / "straight", max_steps=6),
+        args=make_args(tmp_path / "straight", max_steps=4),
         train_dataset=dataset,
         tna_config=config,
     )
@@ -240,33 +242,34 @@ def test_resume_equals_straight_run(tmp_path, rotten_tomatoes_tiny):
 
     interrupted = MaskedTrainer(
         model=make_tiny_roberta(),
-        args=make_args(tmp_path / "resumed", max_steps=6, save_strategy="steps", save_steps=3),
+        args=make_args(tmp_path / "resumed", **saving),
         train_dataset=dataset,
         tna_config=config,
-        callbacks=[StopAtStep(3)],
+        callbacks=[StopAtStep(2)],
     )
     interrupted.train()
-    checkpoint = tmp_path / "resumed" / "checkpoint-3"
-    assert interrupted.state.global_step == 3
+    checkpoint = tmp_path / "resumed" / "checkpoint-2"
+    assert interrupted.state.global_step == 2
 
     resumed = MaskedTrainer(
         model=make_tiny_roberta(),
-        args=make_args(tmp_path / "resumed", max_steps=6, save_strategy="steps", save_steps=3),
+        args=make_args(tmp_path / "resumed", **saving),
         train_dataset=dataset,
         tna_config=config,
     )
     resumed.train(resume_from_checkpoint=str(checkpoint))
 
-    assert resumed.state.global_step == 6
+    assert resumed.state.global_step == 4
     assert load_provenance(checkpoint).mask_fingerprint == resumed.mask_fingerprint
     for (name, param), other in zip(resumed.model.named_parameters(), straight.model.parameters()):
         assert torch.equal(param, other), f"{name} differs between the resumed and the straight run"
+    assert resumed.masked_update.verify() == []
 
 
 def test_checkpoints_contain_mask(tmp_path, rotten_tomatoes_tiny):
     trainer = MaskedTrainer(
         model=make_tiny_roberta(),
-        args=make_args(tmp_path / "out", max_steps=4, save_strategy="steps", save_steps=2),
+        args=make_args(tmp_path / "out", max_steps=2, save_strategy="steps", save_steps=1),
         train_dataset=rotten_tomatoes_tiny,
         tna_config=TNAConfig(rho=0.4, seed=5),
         init_fingerprint="0" * 64,
@@ -274,7 +277,7 @@ def test_checkpoints_contain_mask(tmp_path, rotten_tomatoes_tiny):
     trainer.train()
     trainer.save_model(str(tmp_path / "final"))
 
-    for folder in (tmp_path / "out" / "checkpoint-2", tmp_path / "out" / "checkpoint-4", tmp_path / "final"):
+    for folder in (tmp_path / "out" / "checkpoint-1", tmp_path / "out" / "checkpoint-2", tmp_path / "final"):
         assert (folder / "model.safetensors").is_file(), f"{folder} has no model weights"
         masks = load_masks(folder, model=trainer.model)
         assert mask_fingerprint(masks) == trainer.mask_fingerprint, f"{folder} holds another mask"
@@ -287,17 +290,17 @@ def test_checkpoints_contain_mask(tmp_path, rotten_tomatoes_tiny):
 def test_resume_rejects_other_mask(tmp_path, rotten_tomatoes_tiny):
     trainer = MaskedTrainer(
         model=make_tiny_roberta(),
-        args=make_args(tmp_path / "out", max_steps=2, save_strategy="steps", save_steps=2),
+        args=make_args(tmp_path / "out", max_steps=1, save_strategy="steps", save_steps=1),
         train_dataset=rotten_tomatoes_tiny,
         tna_config=TNAConfig(rho=0.4),
     )
     trainer.train()
-    checkpoint = tmp_path / "out" / "checkpoint-2"
+    checkpoint = tmp_path / "out" / "checkpoint-1"
 
     def new_trainer(config):
         return MaskedTrainer(
             model=make_tiny_roberta(),
-            args=make_args(tmp_path / "out", max_steps=4),
+            args=make_args(tmp_path / "out", max_steps=2),
             train_dataset=rotten_tomatoes_tiny,
             tna_config=config,
         )
@@ -305,7 +308,7 @@ def test_resume_rejects_other_mask(tmp_path, rotten_tomatoes_tiny):
     with pytest.raises(MaskMismatchError, match="seed: checkpoint 0, trainer 1"):
         new_trainer(TNAConfig(rho=0.4, seed=1)).train(resume_from_checkpoint=str(checkpoint))
 
-    # Same config, but the checkpoint's mask file holds the complement mask.
+    # Same config, but the checkpoint's mask file contains the complement mask.
     tampered = tmp_path / "tampered"
     shutil.copytree(checkpoint, tampered)
     save_masks(complement_masks(trainer.masks), tampered)
@@ -328,7 +331,10 @@ def test_mask_dir_loads_saved_mask(tmp_path, datasets):
         model=make_tiny_vit(), args=make_args(tmp_path / "a"), train_dataset=datasets["vit"], mask_dir=tmp_path / "mask"
     )
     from_path = MaskedTrainer(
-        model=make_tiny_vit(), args=make_args(tmp_path / "b"), train_dataset=datasets["vit"], tna_config=str(tmp_path / "mask")
+        model=make_tiny_vit(),
+        args=make_args(tmp_path / "b"),
+        train_dataset=datasets["vit"],
+        tna_config=str(tmp_path / "mask"),
     )
 
     assert from_dir.mask_fingerprint == expected
@@ -341,7 +347,11 @@ def test_round_index_selects_mask(tmp_path, datasets):
     with pytest.warns(UserWarning, match="round_index is None"):
         unindexed = build_trainer("vit", tmp_path, datasets, tna_config=config)
     round_one = MaskedTrainer(
-        model=make_tiny_vit(), args=make_args(tmp_path / "r1"), train_dataset=datasets["vit"], tna_config=config, round_index=1
+        model=make_tiny_vit(),
+        args=make_args(tmp_path / "r1"),
+        train_dataset=datasets["vit"],
+        tna_config=config,
+        round_index=1,
     )
 
     assert round_one.mask_fingerprint == mask_fingerprint(build_masks(make_tiny_vit(), config, round_index=1))
@@ -358,11 +368,13 @@ def test_peft_lora_masks_adapters_only(tmp_path, rotten_tomatoes_tiny):
         make_tiny_roberta(), LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], task_type="SEQ_CLS")
     )
     trainable = {name for name, param in model.named_parameters() if param.requires_grad}
-    frozen_before = {name: param.detach().clone() for name, param in model.named_parameters() if not param.requires_grad}
+    frozen_before = {
+        name: param.detach().clone() for name, param in model.named_parameters() if not param.requires_grad
+    }
     initial = snapshot(model)
     trainer = MaskedTrainer(
         model=model,
-        args=make_args(tmp_path / "out", max_steps=4, learning_rate=5e-2),
+        args=make_args(tmp_path / "out", max_steps=3, learning_rate=5e-2),
         train_dataset=rotten_tomatoes_tiny,
         tna_config=TNAConfig(rho=0.4),
     )
@@ -415,6 +427,7 @@ def test_push_to_hub_writes_files(tmp_path, rotten_tomatoes_tiny, monkeypatch):
     mode makes the final `upload_folder` call raise, and the test checks the folder it would upload.
     """
     import huggingface_hub.constants
+    from huggingface_hub.errors import OfflineModeIsEnabled
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     trainer = MaskedTrainer(
@@ -426,7 +439,7 @@ def test_push_to_hub_writes_files(tmp_path, rotten_tomatoes_tiny, monkeypatch):
     trainer.train()
     trainer.hub_model_id = "local-user/tiny-tna"  # skips create_repo, which needs the network
 
-    with pytest.raises(Exception, match="(?i)offline"):
+    with pytest.raises(OfflineModeIsEnabled):
         trainer.push_to_hub()
 
     folder = tmp_path / "out"
@@ -466,14 +479,17 @@ def test_rejects_bad_tna_config(tmp_path, rotten_tomatoes_tiny):
         make(tna_config=0.4)
     with pytest.raises(ValueError, match="not both"):
         make(tna_config=TNAConfig(), mask_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="needs tna_config"):
+    with pytest.raises(ValueError, match="requires tna_config"):
         make()
 
 
 def test_rejects_bad_mask_dir(tmp_path, rotten_tomatoes_tiny):
     def make(mask_dir):
         return MaskedTrainer(
-            model=make_tiny_roberta(), args=make_args(tmp_path / "out"), train_dataset=rotten_tomatoes_tiny, mask_dir=mask_dir
+            model=make_tiny_roberta(),
+            args=make_args(tmp_path / "out"),
+            train_dataset=rotten_tomatoes_tiny,
+            mask_dir=mask_dir,
         )
 
     with pytest.raises(FileNotFoundError, match="not found"):
@@ -529,7 +545,9 @@ def test_two_process_ddp(tmp_path):
         script, str(tmp_path),
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # On failure, show the first worker traceback: torchrun's own summary at the end omits it.
+    first_traceback = result.stderr[result.stderr.find("Traceback") :][:4000]
+    assert result.returncode == 0, first_traceback or result.stderr[-4000:]
 
     reports = []
     for rank in (0, 1):

@@ -67,8 +67,8 @@ def _tensor_bytes(tensor: torch.Tensor) -> bytes:
 def state_dict_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
     """Compute the sha256 over the sorted names, dtypes, shapes and raw bytes of every tensor in `state_dict`.
 
-    Two state dicts have the same fingerprint exactly when they hold the same names with bit-identical
-    tensors of the same dtype and shape; the device and the insertion order do not matter.
+    Two state dicts have the same fingerprint exactly when they contain the same names with bit-identical
+    tensors of the same dtype and shape. The device and the insertion order do not matter.
 
     Args:
         state_dict: Mapping from name to tensor, e.g. `model.state_dict()`.
@@ -106,9 +106,7 @@ def _read_json(path: str) -> dict:
 def _savable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     # safetensors rejects tensors that share memory (tied embeddings and output layers), so every
     # entry gets its own contiguous CPU copy. Both names of a tied pair are kept, as in state_dict().
-    return {
-        name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in model.state_dict().items()
-    }
+    return {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in model.state_dict().items()}
 
 
 def has_initial_checkpoint(directory: PathLike) -> bool:
@@ -142,7 +140,7 @@ def save_initial_checkpoint(
 
     Writes `model.safetensors` (every entry of `model.state_dict()`, buffers included) and
     `tna_init.json` with the checkpoint fingerprint, each to a temporary file that is then renamed.
-    `tna_init.json` is written last, so a directory that contains it holds a complete checkpoint.
+    `tna_init.json` is written last, so its presence marks a complete checkpoint.
     With `masks`, also writes `tna_mask.safetensors` and records the mask fingerprint; with
     `tna_config`, also writes `tna_config.json`.
 
@@ -189,11 +187,13 @@ def save_initial_checkpoint(
             same_weights = info.get("fingerprint") == fingerprint
             same_masks = masks is None or info.get("mask_fingerprint") == masks_fingerprint
             if same_weights and same_masks:
-                logger.info("Initial checkpoint in %s already matches the model (fingerprint %s).", directory, fingerprint)
+                logger.info(
+                    "Initial checkpoint in %s already matches the model (fingerprint %s).", directory, fingerprint
+                )
                 return fingerprint
-            what = "weights" if not same_weights else "masks"
+            differing_part = "weights" if not same_weights else "masks"
             raise FileExistsError(
-                f"{directory!r} already contains an initial checkpoint with different {what} "
+                f"{directory!r} already contains an initial checkpoint with different {differing_part} "
                 f"(saved fingerprint {info.get('fingerprint')}, model fingerprint {fingerprint}). "
                 "Call load_initial_checkpoint(model, directory) to start from the saved one, "
                 "or pass overwrite=True to replace it."
@@ -226,9 +226,7 @@ def save_initial_checkpoint(
     return fingerprint
 
 
-def _check_state_dict_fits(
-    loaded: Mapping[str, torch.Tensor], model: torch.nn.Module, source: str
-) -> None:
+def _check_state_dict_fits(loaded: Mapping[str, torch.Tensor], model: torch.nn.Module, source: str) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(loaded))
     unexpected = sorted(set(loaded) - set(expected))
@@ -245,9 +243,7 @@ def _check_state_dict_fits(
     if misshaped:
         problems.append(f"shape mismatches: {misshaped}")
     if problems:
-        raise CheckpointMismatchError(
-            f"{source} does not fit {type(model).__name__}: " + "; ".join(problems) + "."
-        )
+        raise CheckpointMismatchError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems) + ".")
 
 
 def load_initial_checkpoint(model: torch.nn.Module, directory: PathLike) -> str:
@@ -301,6 +297,10 @@ def ensure_initial_checkpoint(
 
     Every run of an experiment can call this with its freshly built model: the first run writes the
     checkpoint and every later run starts from exactly the same weights.
+
+    NOTE: Concurrent first calls are not coordinated, and each process would save its own random
+    weights. In multi-process training, call it on the main process, wait for every process
+    (`accelerator.wait_for_everyone()`), then call it on the others.
 
     Returns:
         The checkpoint fingerprint.

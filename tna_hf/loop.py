@@ -141,7 +141,8 @@ def train_model(
         seed: Seed of the batch order (the paper's a or a + 1).
         masks: TNA-PFN masks (`True` = trainable); None trains every entry (vanilla).
         mode: `"fix"` keeps fixed entries at their current value (TNA-PFN); `"prune"` zeroes them first.
-        accelerator: An `accelerate.Accelerator`; a default one (CPU or the visible GPU) when None.
+        accelerator: An `accelerate.Accelerator`; a default one (CPU or the visible GPU) when None. Its
+            `free_memory()` runs at the end, which also releases objects the caller prepared with it.
         progress: Show a tqdm bar over the epochs.
         description: Label of the progress bar.
 
@@ -192,12 +193,14 @@ def train_model(
         if changed:
             raise RuntimeError(f"Fixed entries moved during training in {changed}; please report this bug.")
         fingerprint = masked_update.fingerprint
+    # The accelerator keeps every prepared object; release them so repeated runs do not accumulate.
+    accelerator.free_memory()
     return TrainResult(epoch_losses=epoch_losses, steps=steps, mask_fingerprint=fingerprint)
 
 
 @dataclass
 class TrainedGroup:
-    """Models trained from one saved initial checkpoint with one mask, per the paper's protocol.
+    """Models trained from one saved initial checkpoint with one mask (the LMC protocol of Li et al., Appendix A.3).
 
     `state_dicts[i]` was trained with seed `seeds[i]`; `masks` is None for vanilla training.
     """

@@ -26,8 +26,8 @@ from .checkpoint import PROVENANCE_NAME, save_provenance
 from .config import CONFIG_NAME, MaskMode, MaskSchedule, TNAConfig
 from .masks import (
     MASK_NAME,
-    Masks,
     MaskMismatchError,
+    Masks,
     build_masks,
     check_masks_match_model,
     fraction_fixed,
@@ -61,12 +61,12 @@ def _resolve_mask_source(
     """Return the config and the mask directory to load from (None when the mask is built)."""
     if tna_config is not None and mask_dir is not None:
         raise ValueError(
-            "Pass either tna_config or mask_dir to MaskedTrainer, not both: a mask directory already holds "
+            "Pass either tna_config or mask_dir to MaskedTrainer, not both: a mask directory already contains "
             f"its config (got tna_config={tna_config!r} and mask_dir={mask_dir!r})."
         )
     if tna_config is None and mask_dir is None:
         raise ValueError(
-            "MaskedTrainer needs tna_config=TNAConfig(...) or mask_dir='path/to/saved/mask'. "
+            "MaskedTrainer requires tna_config=TNAConfig(...) or mask_dir='path/to/saved/mask'. "
             "Use TNAConfig(rho=0) for vanilla training that still records its config."
         )
     if isinstance(tna_config, (str, os.PathLike)):
@@ -79,7 +79,7 @@ def _resolve_mask_source(
         if not os.path.isdir(mask_dir):
             raise FileNotFoundError(
                 f"Mask directory {mask_dir!r} not found. Pass a folder written by MaskedTrainer.save_model "
-                f"or save_masks, holding {CONFIG_NAME} and {MASK_NAME}."
+                f"or save_masks, containing {CONFIG_NAME} and {MASK_NAME}."
             )
         if not os.path.isfile(os.path.join(mask_dir, CONFIG_NAME)):
             raise FileNotFoundError(
@@ -125,7 +125,7 @@ class MaskedTrainer(Trainer):
     Args:
         model, args, *trainer_args, **trainer_kwargs: Passed on to `transformers.Trainer`.
         tna_config: A `TNAConfig`, or the path of a saved mask directory (as `mask_dir`).
-        mask_dir: A directory holding `tna_config.json` and `tna_mask.safetensors` (written by
+        mask_dir: A directory containing `tna_config.json` and `tna_mask.safetensors` (written by
             `save_model` or `save_masks`); its mask is loaded and checked against the model.
         round_index: Round of a multi-round mask schedule (`per_round`, `progressive`), passed to
             `build_masks`; None for the single mask of the `fixed` schedule.
@@ -218,6 +218,7 @@ class MaskedTrainer(Trainer):
                 self.masked_update.detach()
             check_masks_match_model(self.masks, target, self.tna_config, source="MaskedTrainer masks")
             self.masked_update = MaskedUpdate(target, self.masks, mode=self.tna_config.mode)
+        self.masked_update.attach(optimizer)
 
         fixed = self.masked_update.fraction_fixed()
         if self.is_world_process_zero():
@@ -263,7 +264,7 @@ class MaskedTrainer(Trainer):
         )
 
         if self.masked_update is not None:
-            changed = []
+            changed = self.masked_update.verify()
             if changed:
                 raise RuntimeError(
                     f"Fixed entries of {changed} changed during training. Something updated the parameters outside "
@@ -279,7 +280,11 @@ class MaskedTrainer(Trainer):
             )
         saved = TNAConfig.from_pretrained(checkpoint).to_dict()
         current = self.tna_config.to_dict()
-        differences = [f"{key}: checkpoint {saved[key]!r}, trainer {current[key]!r}" for key in current if saved[key] != current[key]]
+        differences = [
+            f"{key}: checkpoint {saved[key]!r}, trainer {value!r}"
+            for key, value in current.items()
+            if saved[key] != value
+        ]
         if differences:
             raise MaskMismatchError(
                 f"Checkpoint {checkpoint!r} was trained with another TNA config ({'; '.join(differences)}). "

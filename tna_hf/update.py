@@ -10,35 +10,40 @@ zero. `MaskedUpdate` therefore does two things:
 2. An optimizer step post-hook writes the stored values back into the fixed entries by selection,
    which is exact and NaN-safe, unlike `p * m + init * (1 - m)`.
 
-Both steps are integer bit-selects on the raw bits of a tensor (float32 viewed as int32, bfloat16 as
-int16, ...). Per targeted tensor `MaskedUpdate` keeps `keep`, an int8 tensor that is -1 (all bits set)
-on trainable entries and 0 on fixed ones, and `fixed_bits`, the bits of the parameter at the last mask
-change with trainable entries zeroed:
+Both steps select on the raw bits of a tensor (float32 viewed as int32, bfloat16 as int16, ...) with
+integer arithmetic, which copies every bit pattern (NaN, inf, -0.0) unchanged. Per targeted tensor
+`MaskedUpdate` keeps `keep`, the bool mask (1 on trainable entries, 0 on fixed ones), and
+`fixed_bits`, the bits of the parameter at the last mask change with trainable entries zeroed:
 
-    gradient hook:  grad_bits & keep                            (fixed entries become +0.0)
-    restore:        param_bits &= keep;  param_bits |= fixed_bits
+    gradient hook:  grad_bits * keep                    (fixed entries become +0.0)
+    restore:        param_bits *= keep;  param_bits += fixed_bits
 
-Bitwise operations copy every bit pattern (NaN, inf, -0.0) unchanged, and they are plain elementwise
-kernels, so they work for any memory layout (channels_last included) and any device. On the 2-core
-development CPU they are 3 to 8 times faster than scattering by index (`index_put_`, `index_copy_`),
-and faster than a boolean `torch.where`. The cost is memory: 1 byte (`keep`) plus one element
-(`fixed_bits`) per targeted entry, whatever rho is; that is 5 bytes for float32 and 3 bytes for
-bfloat16, and 1 byte in `prune` mode, where the fixed values are +0.0 and need no `fixed_bits`. An
-index-based layout would need rho * (8 + element size) bytes, less only below rho = 1/3 in float32.
-`benchmarks/restore_strategies.py` measures the alternatives.
+These are plain elementwise kernels, so they work for any memory layout (channels_last included) and
+any device, and `restore` runs as two `torch._foreach_*` calls for the whole model. On the 2-core
+development CPU they are several times faster than scattering by index (`index_put_`) or a boolean
+`torch.where`; `benchmarks/restore_strategies.py` measures the alternatives and `docs/benchmarks.md`
+records the numbers. The memory cost is 1 byte (`keep`) plus one element (`fixed_bits`) per targeted
+entry, whatever rho is. That is 5 bytes for float32 and 3 bytes for bfloat16. In `prune` mode the
+fixed values are +0.0, so only `keep` is stored. For a contiguous parameter on the CPU, `keep` is the
+caller's mask tensor itself. An index-based layout would need rho * (8 + element size) bytes, which is
+less only below rho = 1/3 in float32.
 
-Why a tensor hook, and why out of place. A hook registered with `Tensor.register_hook` on a leaf runs
-before the leaf's `AccumulateGrad` node, so it sees the gradient before it is added to `.grad`. The
-DistributedDataParallel reducer hooks in after that node: at that point it copies `.grad` into a
-bucket, all-reduces the bucket asynchronously and later writes the averaged bucket back into `.grad`.
-Zeroing `.grad` in place from a post-accumulate-grad hook would therefore run after the reducer has
-read the unmasked gradient whenever the reducer's hook was registered first (DDP is normally built
-before `MaskedUpdate`), and the averaged, unmasked bucket would overwrite the zeros; with
-`gradient_as_bucket_view=True` the write would also race with the running all-reduce. The tensor hook
-runs on every rank before any of this, so every rank contributes masked gradients. The hook must not
-modify its argument, because autograd may hand the same gradient tensor to other consumers (for
-`y = x + w` the gradient of `x` and of `w` are one tensor), so it returns a new tensor; when `.grad`
-is None, `AccumulateGrad` adopts that tensor without another copy.
+Why a tensor hook that returns a new tensor. A hook registered with `Tensor.register_hook` on a leaf
+runs before the leaf's `AccumulateGrad` node adds the gradient to `.grad`, so it runs before anything
+that reads `.grad` during backward. It must not modify its argument, because autograd may pass the same
+gradient tensor to other consumers (for `y = x + w` the gradients of `x` and `w` are one tensor). The
+new tensor costs an allocation per parameter and step, but when `.grad` is None `AccumulateGrad`
+adopts it without another copy.
+
+Zeroing `.grad` in place from `register_post_accumulate_grad_hook` would avoid that allocation, and
+it would run early enough for the default C++ DDP reducer, which `AccumulateGrad` calls after all
+post-accumulate-grad hooks (torch 2.x, `accumulate_grad.cpp`). It is still unsafe because those hooks
+run in registration order. DDP's Python reducer (used with compiled autograd) registers one when DDP
+wraps the model, usually before `MaskedUpdate` exists (`accelerator.prepare`), so the reducer would
+pass unmasked gradients to its communication hook; a compressing hook such as PowerSGD then mixes the
+gradients of fixed entries into those of trainable ones. An optimizer-in-backward hook registered
+earlier would likewise step on unmasked gradients. The tensor hook runs before all of them, whatever
+the registration order.
 """
 
 from __future__ import annotations
@@ -61,17 +66,19 @@ _BITS_DTYPES = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 def _bits_dtype(dtype: torch.dtype, name: str) -> torch.dtype:
     size = torch.empty((), dtype=dtype).element_size()
     if size not in _BITS_DTYPES:
-        raise TypeError(f"Parameter {name!r} has dtype {dtype} ({size} bytes per element); MaskedUpdate supports "
-                        "element sizes of 1, 2, 4 and 8 bytes.")
+        raise TypeError(
+            f"Parameter {name!r} has dtype {dtype} ({size} bytes per element); MaskedUpdate supports "
+            "element sizes of 1, 2, 4 and 8 bytes."
+        )
     return _BITS_DTYPES[size]
 
 
 class _FixedEntries:
-    """Bit-select buffers of one targeted parameter, kept on the parameter's device.
+    """Select buffers of one targeted parameter, kept on the parameter's device.
 
-    `keep` is int8, -1 on trainable entries and 0 on fixed ones; `fixed_bits` holds the raw bits of the
-    parameter at the last mask change with trainable entries zeroed (None in `prune` mode, where every
-    fixed entry is +0.0). Both have the parameter's shape and strides.
+    `keep` is the bool mask (`True` = trainable) in the parameter's memory layout; `fixed_bits` holds the
+    raw bits of the parameter at the last mask change with trainable entries zeroed (None in `prune`
+    mode, where every fixed entry is +0.0).
     """
 
     __slots__ = ("name", "param", "dtype", "bits_dtype", "num_fixed", "keep", "fixed_bits", "_param_bits", "_data_ptr")
@@ -86,16 +93,18 @@ class _FixedEntries:
         self._param_bits: Optional[torch.Tensor] = None
         self.fixed_bits: Optional[torch.Tensor] = None
 
-        # empty_like keeps the parameter's strides (channels_last stays channels_last).
-        keep = torch.empty_like(param.data, dtype=torch.int8)
-        keep.copy_(mask)
-        self.keep = keep.neg_()
+        # A contiguous CPU mask is used as it is; otherwise copy it into the parameter's device and layout
+        # (channels_last stays channels_last), so the elementwise kernels below walk both tensors alike.
+        if mask.device == param.device and mask.stride() == param.stride():
+            self.keep = mask
+        else:
+            self.keep = torch.empty_like(param.data, dtype=torch.bool).copy_(mask)
 
         param_bits = self.param_bits()
         if prune:
-            param_bits.bitwise_and_(self.keep)
+            param_bits.mul_(self.keep)
         else:
-            self.fixed_bits = param_bits & ~self.keep
+            self.fixed_bits = param_bits * ~self.keep
 
     def param_bits(self) -> torch.Tensor:
         """Return the parameter's data viewed as integers, moving the buffers if the parameter moved."""
@@ -103,12 +112,6 @@ class _FixedEntries:
         if data.data_ptr() != self._data_ptr:
             self._follow(data)
         return self._param_bits
-
-    def keep_on(self, device: torch.device) -> torch.Tensor:
-        """Return `keep` on `device` (the gradient can reach the hook before `restore` has seen a move)."""
-        if self.keep.device != device:
-            self.keep = self.keep.to(device)
-        return self.keep
 
     def _follow(self, data: torch.Tensor) -> None:
         # The parameter's storage was replaced, e.g. by `model.to(device)` or `accelerator.prepare` after
@@ -123,6 +126,17 @@ class _FixedEntries:
             self.fixed_bits = self.fixed_bits.to(data.device)
         self._param_bits = data.view(self.bits_dtype)
         self._data_ptr = data.data_ptr()
+
+    def masked_gradient(self, grad: torch.Tensor) -> torch.Tensor:
+        """Return a copy of `grad` with fixed entries set to +0.0 (the slow path of the gradient hook)."""
+        if grad.layout != torch.strided:
+            raise NotImplementedError(
+                f"Parameter {self.name!r} received a {grad.layout} gradient; MaskedUpdate masks dense "
+                "gradients only. Use a dense layer (e.g. nn.Embedding(sparse=False)) or exclude the parameter."
+            )
+        if self.keep.device != grad.device:
+            self.keep = self.keep.to(grad.device)
+        return torch.mul(grad.view(self.bits_dtype), self.keep).view(grad.dtype)
 
     def nbytes(self) -> int:
         held = self.keep.numel() * self.keep.element_size()
@@ -190,6 +204,8 @@ class MaskedUpdate:
 
         # Tensors without fixed entries (rho 0, tiny tensors) get no buffers and no hooks.
         self._entries = {}
+        self._restore_pointers: list[int] = []
+        self._restore_cache: tuple[list, list, list, list] = ([], [], [], [])
         with torch.no_grad():
             for name, mask in self.masks.items():
                 if bool(mask.all()):
@@ -221,13 +237,13 @@ class MaskedUpdate:
         bits_dtype = entries.bits_dtype
 
         def zero_fixed_gradient(grad: torch.Tensor) -> torch.Tensor:
-            if grad.layout != torch.strided:
-                raise NotImplementedError(
-                    f"Parameter {entries.name!r} received a {grad.layout} gradient; MaskedUpdate masks dense "
-                    "gradients only. Use a dense layer (e.g. nn.Embedding(sparse=False)) or exclude the parameter."
-                )
-            # Out of place, see the module docstring. The int8 `keep` is sign-extended to the bit width.
-            return torch.bitwise_and(grad.view(bits_dtype), entries.keep_on(grad.device)).view(grad.dtype)
+            # Out of place, see the module docstring. The fast path has no checks: a sparse gradient or a
+            # `keep` on another device (the model moved after `set_masks`) makes it raise, and the slow path
+            # then handles the case or raises a clear error.
+            try:
+                return torch.mul(grad.view(bits_dtype), entries.keep).view(grad.dtype)
+            except RuntimeError:
+                return entries.masked_gradient(grad)
 
         return zero_fixed_gradient
 
@@ -262,14 +278,35 @@ class MaskedUpdate:
         self._step_hook_handles = []
         self._optimizers = []
 
+    def _restore_lists(self) -> tuple[list, list, list, list]:
+        """Return the tensor lists of `restore`, rebuilt when a parameter's storage was replaced."""
+        pointers = [entries.param.data_ptr() for entries in self._entries.values()]
+        if pointers != self._restore_pointers:
+            entries_list = list(self._entries.values())
+            bits = [entries.param_bits() for entries in entries_list]
+            keeps = [entries.keep for entries in entries_list]
+            with_values = [entries for entries in entries_list if entries.fixed_bits is not None]
+            self._restore_cache = (
+                bits,
+                keeps,
+                [entries.param_bits() for entries in with_values],
+                [entries.fixed_bits for entries in with_values],
+            )
+            self._restore_pointers = pointers
+        return self._restore_cache
+
     @torch.no_grad()
     def restore(self) -> None:
         """Write the stored values back into every fixed entry (called after each optimizer step)."""
-        for entries in self._entries.values():
-            param_bits = entries.param_bits()
-            param_bits.bitwise_and_(entries.keep)
-            if entries.fixed_bits is not None:
-                param_bits.bitwise_or_(entries.fixed_bits)
+        if not self._entries:
+            return
+        # Integer arithmetic on the raw bits is an exact select: bits * keep zeroes the fixed entries,
+        # then adding fixed_bits (zero on trainable entries) writes the stored bits back. One fused
+        # call per list keeps the per-tensor Python overhead out of small models.
+        bits, keeps, bits_with_values, fixed_bits = self._restore_lists()
+        torch._foreach_mul_(bits, keeps)
+        if fixed_bits:
+            torch._foreach_add_(bits_with_values, fixed_bits)
 
     @torch.no_grad()
     def zero_fixed_gradients(self) -> None:
@@ -278,7 +315,9 @@ class MaskedUpdate:
             grad = entries.param.grad
             if grad is None:
                 continue
-            grad.view(entries.bits_dtype).bitwise_and_(entries.keep_on(grad.device))
+            if entries.keep.device != grad.device:
+                entries.keep = entries.keep.to(grad.device)
+            grad.view(entries.bits_dtype).mul_(entries.keep)
 
     @torch.no_grad()
     def verify(self) -> list[str]:
@@ -286,7 +325,7 @@ class MaskedUpdate:
         changed = []
         for name, entries in self._entries.items():
             # Raw bits, because torch.equal treats NaN as unequal to itself.
-            current = entries.param_bits() & ~entries.keep
+            current = entries.param_bits() * ~entries.keep
             if entries.fixed_bits is None:
                 moved = bool(current.any())
             else:

@@ -89,7 +89,7 @@ class ColdFusionArguments:
         metadata={"help": "Variants to run: fedavg, fedavg_tna_pfn, fedpfn, fedpnu."},
     )
     rounds: int = field(default=3, metadata={"help": "Number of ColD fusion rounds."})
-    local_steps: int = field(default=24, metadata={"help": "Optimizer steps of each contributor's training per round."})
+    local_steps: int = field(default=30, metadata={"help": "Optimizer steps of each contributor's training per round."})
     batch_size: int = field(default=16, metadata={"help": "Training batch size per contributor."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of local training (constant)."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW decoupled weight decay of local training."})
@@ -121,7 +121,7 @@ class ColdFusionArguments:
     )
     seed: int = field(default=0, metadata={"help": "Seed of data subsets, new heads and local training."})
     num_threads: int = field(default=0, metadata={"help": "torch.set_num_threads; 0 keeps torch's default."})
-    output_dir: str = field(default="runs/cold_fusion", metadata={"help": "Folder for results, plot and rounds."})
+    output_dir: str = field(default="outputs/cold_fusion", metadata={"help": "Folder for results, plot and rounds."})
     save_rounds: bool = field(
         default=False, metadata={"help": "Save every round's fused base with its mask under output_dir/rounds."}
     )

@@ -194,9 +194,10 @@ class Runner:
                 progress=not args.no_progress,
             )
             evaluator = build()
-            metrics = self._pair_metrics(evaluator, group.state_dicts, test_loader, alphas, data.task, label, seed)
             if num_models > 2:
                 metrics = self._fusion_metrics(evaluator, group.state_dicts, test_loader, data.task)
+            else:
+                metrics = self._pair_metrics(evaluator, group.state_dicts, test_loader, alphas, data.task, label, seed)
             if matching:
                 metrics.update(self._matching_metrics(evaluator, group.state_dicts, test_loader, alphas, label, seed))
             for name, value in metrics.items():
@@ -453,7 +454,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     """Run one LMC experiment, print its table (mean ± std over seeds) and save results.json and plots.
 
     Returns:
-        `{"experiment", "args", "rows", "table", "plots", "wall_time_s"}`; each row holds its setting and
+        `{"experiment", "args", "rows", "table", "plots", "wall_time_s"}`; each row contains its setting and
         `metrics[name] = {"mean", "std", "values"}` (accuracies as fractions).
     """
     args = parse_args(argv)

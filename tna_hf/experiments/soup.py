@@ -400,7 +400,8 @@ def run_arm(
 # ---------------------------------------------------------------------------- the experiment
 
 
-def _load_splits(arguments: SoupArguments) -> dict[str, ImageSplit]:
+def load_splits(arguments: SoupArguments) -> dict[str, ImageSplit]:
+    """Load the training, held-out and test splits that `arguments` describe (the same on every call)."""
     full_train = load_image_split(arguments.dataset, "train", arguments.data_root, arguments.download)
     train, holdout = split_holdout(full_train, arguments.train_size, arguments.holdout_size, arguments.seed)
     test = load_image_split(arguments.dataset, "test", arguments.data_root, arguments.download)
@@ -410,7 +411,12 @@ def _load_splits(arguments: SoupArguments) -> dict[str, ImageSplit]:
     return {"train": train, "holdout": holdout, "test": test}
 
 
-def _make_loaders(arguments: SoupArguments, splits: dict[str, ImageSplit], template: ImageClassifier) -> dict:
+def make_loaders(arguments: SoupArguments, splits: dict[str, ImageSplit], template: ImageClassifier) -> dict:
+    """Return the training dataset, the collator and the evaluation loaders at the backbone's input format.
+
+    Raises:
+        ValueError: `image_size` differs from the size a ViT-like backbone is fixed to.
+    """
     preprocessing = template.preprocessing
     image_size = arguments.image_size or preprocessing.image_size
     if preprocessing.fixed_size and image_size != preprocessing.image_size:
@@ -446,7 +452,7 @@ def run_soup_experiment(arguments: SoupArguments) -> dict:
     os.makedirs(arguments.output_dir, exist_ok=True)
 
     # Data, then the backbone with a new head, then loaders at the backbone's input size and normalization.
-    splits = _load_splits(arguments)
+    splits = load_splits(arguments)
     torch.manual_seed(arguments.seed)
     template = build_image_classifier(
         arguments.model,
@@ -456,7 +462,7 @@ def run_soup_experiment(arguments: SoupArguments) -> dict:
         drop_rate=arguments.drop_rate,
         label_smoothing=arguments.label_smoothing,
     )
-    data = _make_loaders(arguments, splits, template)
+    data = make_loaders(arguments, splits, template)
 
     # Shared initial checkpoint: pretrained backbone plus a linear-probe head, saved once for both arms.
     probe_train_accuracy = None

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ClientAlgorithm:
-    """How clients train in a round.
+    """Training rule of the clients in every round: mask schedule, mask mode and loss.
 
     Attributes:
         name: Key in `ALGORITHMS`.
@@ -102,7 +102,7 @@ class LocalTrainingSettings:
 
 @dataclass
 class LocalPlan:
-    """What masking a client applies in one round.
+    """Masking of one round, the same for every client.
 
     Attributes:
         masks: The round's mask (`True` = trainable), or None for unmasked training.
@@ -218,7 +218,9 @@ def train_client(
                 batch = order[start : start + settings.batch_size]
                 loss = F.cross_entropy(model(inputs[batch]), labels[batch])
                 if global_params is not None:
-                    proximal = sum((param - anchor).pow(2).sum() for param, anchor in zip(model.parameters(), global_params))
+                    proximal = sum(
+                        (param - anchor).pow(2).sum() for param, anchor in zip(model.parameters(), global_params)
+                    )
                     loss = loss + 0.5 * settings.prox_mu * proximal
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -1,10 +1,10 @@
 """Flower adapter for FedPFN and FedPNU (Li et al., TNA-PFN) on Flower's Message API (flwr 1.42).
 
 The server never sends masks. `TNAFedAvg`, a subclass of Flower's message-based `FedAvg`, adds scalar
-config values to every training message: the algorithm, rho, the mask seed, the round index and the
-phase switch (the local epoch at which FedPNU moves to the complement mask), plus the round's local
-training settings. `train_reply` on the client rebuilds the round's mask from those values and trains
-with the exact masked update (`MaskedUpdate`). When aggregating, the strategy checks that every client
+config values to every training message: the algorithm, rho, the mask seed, the round index, the phase
+switch and the round's local training settings. The phase switch is the local epoch at which FedPNU
+moves to the complement mask. `train_reply` on the client rebuilds the round's mask from those values
+and trains with the exact masked update (`MaskedUpdate`). When aggregating, the strategy checks that every client
 kept the round's fixed entries at the global values, restores them where a client did not, averages
 in float64 weighted by sample counts (the same `Aggregator` as the in-process simulation), and writes
 the fixed entries back exactly.
@@ -32,13 +32,13 @@ import torch  # noqa: E402
 try:
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
     from flwr.clientapp import ClientApp  # noqa: E402
+    from flwr.common.constant import SUPERLINK_NODE_ID  # noqa: E402
     from flwr.serverapp import Grid  # noqa: E402
     from flwr.serverapp.strategy import FedAvg  # noqa: E402
     from flwr.supercore.run import Run  # noqa: E402
+    from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 except ImportError as error:  # pragma: no cover - depends on the optional extra
-    raise ImportError(
-        "tna_hf.federated.flower needs Flower 1.42 or newer: pip install 'tna_hf[flower]'."
-    ) from error
+    raise ImportError("tna_hf.federated.flower needs Flower 1.42 or newer: pip install 'tna_hf[flower]'.") from error
 
 from .aggregation import Aggregator, ClientUpdate, FedAvgAggregator, check_fixed_entries, restore_fixed_entries  # noqa: E402
 from .algorithms import (  # noqa: E402
@@ -86,6 +86,9 @@ class TNAFedAvg(FedAvg):
         lr_decay: Factor applied to the local learning rate each round.
         aggregator: Server-side rule; sample-count-weighted FedAvg in float64 by default.
         **fedavg_kwargs: Passed to `flwr.serverapp.strategy.FedAvg` (`fraction_train`, `min_train_nodes`, ...).
+
+    NOTE: With `fraction_train < 1`, Flower's FedAvg samples nodes with Python's `random` module, so the
+    selected clients do not follow a participation sequence saved by the in-process simulation.
 
     Example:
 
@@ -181,7 +184,9 @@ class TNAFedAvg(FedAvg):
                     )
                     self.restored.append((round_index, client_id, changed))
                     state = restore_fixed_entries(state, self._global_state, self._plan.masks)
-            updates.append(ClientUpdate(client_id=client_id, state=state, num_samples=int(metrics[self.weighted_by_key])))
+            updates.append(
+                ClientUpdate(client_id=client_id, state=state, num_samples=int(metrics[self.weighted_by_key]))
+            )
 
         # Client order fixes the float64 summation order, so the result does not depend on reply order.
         updates.sort(key=lambda update: update.client_id)
@@ -241,7 +246,7 @@ def train_reply(
     config_key: str = "config",
     arrays_key: str = "arrays",
 ) -> Message:
-    """Train `model` on one client's data as a `TNAFedAvg` training message asks, and build the reply.
+    """Train `model` on one client's data as a `TNAFedAvg` training message requests, and build the reply.
 
     Loads the received global weights into `model`, rebuilds the round's mask from the config (the
     mask itself is never sent), trains with `train_client` and returns a reply with the new weights and
@@ -309,6 +314,11 @@ class InProcessGrid(Grid):
             raise ValueError(f"InProcessGrid needs at least one node, got num_nodes={num_nodes}.")
         self.client_app = client_app
         self._run = Run.create_empty(run_id)
+        # Messages take their source ids from the process-wide task identity; Flower's server runtime sets
+        # it the same way before it runs a ServerApp.
+        TaskIdentity.task_id = 1
+        TaskIdentity.run_id = run_id
+        TaskIdentity.node_id = SUPERLINK_NODE_ID
         self._contexts = {
             self._NODE_ID_OFFSET + index: Context(
                 run_id=run_id,

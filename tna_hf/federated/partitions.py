@@ -3,9 +3,9 @@
 Label heterogeneity follows the Dirichlet sampling of Lin et al. (2020) and Chen & Chao (2022), as used
 by the TNA-PFN paper (Li et al.): for every class, the class's samples are split among the clients by
 proportions drawn from Dir(alpha). A small alpha (0.1) gives extremely non-IID clients, a large one
-(100) nearly IID clients. Partial participation samples a subset of clients per round; the sequence is
-saved to JSON and reloaded so that every algorithm of an experiment trains the same clients in the same
-rounds (Appendix A.3 of the paper).
+(100) nearly IID clients. Partial participation samples a subset of clients per round. The sequence is
+saved to JSON and reloaded, so every algorithm of an experiment trains the same clients in the same
+rounds (Appendix A.3 of Li et al.).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def dirichlet_partition(
     """Split sample indices among clients with Dirichlet(alpha) label proportions.
 
     Every class is split separately: proportions `p ~ Dir(alpha * 1_n)` decide which share of the class
-    each client receives. Draws are repeated until every client holds at least `min_partition_size`
+    each client receives. Draws are repeated until every client has at least `min_partition_size`
     samples. Clients whose partition is already larger than `len(labels) / num_clients` get no more
     samples of later classes, as in Lin et al. (2020), which keeps partition sizes from diverging.
 
@@ -104,7 +104,9 @@ def dirichlet_partition(
     )
 
 
-def label_histogram(labels: Union[torch.Tensor, np.ndarray], partitions: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
+def label_histogram(
+    labels: Union[torch.Tensor, np.ndarray], partitions: Sequence[np.ndarray], num_classes: int
+) -> np.ndarray:
     """Return a (num_clients, num_classes) array with the number of samples of every class on every client."""
     labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
     return np.stack([np.bincount(labels[part], minlength=num_classes) for part in partitions])

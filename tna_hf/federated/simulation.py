@@ -109,7 +109,9 @@ class FederatedResult:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
+def evaluate(
+    model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
+) -> tuple[float, float]:
     """Return (accuracy, mean cross-entropy loss) of `model` on the given tensors."""
     model.eval()
     correct = 0

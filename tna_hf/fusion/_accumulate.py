@@ -5,8 +5,8 @@ the end, as timm's checkpoint averaging does. Integer and boolean buffers are no
 be equal in every source, or the first source's value is kept when the caller allows it.
 
 Exactness of identical inputs. For float32, float16 and bfloat16 sources, k copies of a value x sum
-to k * x exactly in float64 (k * x needs at most 24 + log2(k) significant bits, and float64 has 53),
-and (k * x) / k is then exactly x. With arbitrary weights the float64 result lies within about
+to k * x exactly in float64, because k * x needs at most 24 + log2(k) significant bits and float64
+has 53. The quotient (k * x) / k is then exactly x. With arbitrary weights the float64 result lies within about
 k * 2**-53 of x relatively, far below half a float32 ulp (2**-25 relatively), so the cast back rounds
 to x. Entries that are equal in every source, such as TNA-PFN fixed entries, therefore come out
 bit-identical. float64 (and complex128) tensors have no wider type to absorb the rounding, so this
@@ -31,7 +31,7 @@ _SHORTCUT_DTYPES = (torch.float64, torch.complex128)
 
 
 class MismatchedIntegerBuffers(str, enum.Enum):
-    """What to do when an integer or boolean buffer differs between sources."""
+    """Policy for an integer or boolean buffer that differs between sources."""
 
     ERROR = "error"  # raise ValueError naming the buffer
     FIRST = "first"  # keep the value of the first source
@@ -42,7 +42,7 @@ def parse_buffer_policy(value: str | MismatchedIntegerBuffers) -> MismatchedInte
         return MismatchedIntegerBuffers(value)
     except ValueError:
         choices = [member.value for member in MismatchedIntegerBuffers]
-        raise ValueError(f"mismatched_integer_buffers={value!r} is invalid; choose one of {choices}.") from None
+        raise ValueError(f"mismatched_integer_buffers={value!r} is invalid. Choose one of {choices}.") from None
 
 
 def _dtype_is_averaged(dtype: torch.dtype) -> bool:
@@ -182,7 +182,7 @@ class RunningSum:
         return value
 
     def add(self, tensors: Iterable[tuple[str, torch.Tensor]], weight: float, label: str) -> None:
-        """Add one source, given as (name, tensor) pairs, with `weight`; a zero weight only checks the source."""
+        """Add one source, given as (name, tensor) pairs, with `weight`. A zero weight only checks the source."""
         for name, tensor in self._checked(tensors, label):
             tensor = tensor.detach()
             if not _is_averaged(tensor):
@@ -237,13 +237,15 @@ class RunningSum:
                 continue
             value = self._values.pop(name) if consume else self._values[name]
             if self._is_shared[name]:
-                result[name] = value.clone()
+                result[name] = value.to(self._dtypes[name], copy=True)
             else:
                 result[name] = self._finish(name, value, self.total_weight, divide)
             del value
         return result
 
-    def preview_add(self, tensors: Iterable[tuple[str, torch.Tensor]], weight: float, label: str) -> dict[str, torch.Tensor]:
+    def preview_add(
+        self, tensors: Iterable[tuple[str, torch.Tensor]], weight: float, label: str
+    ) -> dict[str, torch.Tensor]:
         """Return the weighted average that `add(tensors, weight, label)` followed by `result()` would give.
 
         The running sum is left unchanged, and each float64 intermediate lives only while its entry is
@@ -252,8 +254,8 @@ class RunningSum:
         """
         if self.num_sources == 0 or self.total_weight <= 0.0 or weight <= 0.0:
             raise ValueError(
-                f"preview_add needs a running sum with positive weight and a positive weight, "
-                f"got total_weight={self.total_weight} after {self.num_sources} sources and weight={weight}."
+                f"preview_add needs at least one added source, a positive total weight and a positive weight, "
+                f"got {self.num_sources} sources, total_weight={self.total_weight} and weight={weight}."
             )
         total_weight = self.total_weight + float(weight)
         result: dict[str, torch.Tensor] = {}
@@ -268,7 +270,7 @@ class RunningSum:
             tensor = tensor.to(value.device)
             if self._is_shared[name]:
                 if tensor.dtype == value.dtype and torch.equal(tensor, value):
-                    result[name] = value.clone()
+                    result[name] = value.to(self._dtypes[name], copy=True)
                     continue
                 combined = value.to(_accumulation_dtype(self._dtypes[name]), copy=True)
                 if self.total_weight != 1.0:

@@ -32,8 +32,8 @@ def interpolate(
         state_dict_1: A state dict or a checkpoint path (see `tna_hf.fusion.sources`).
         state_dict_2: Same keys and shapes as `state_dict_1`.
         alpha: Weight of `state_dict_1`; any finite number (values outside [0, 1] extrapolate).
-        mismatched_integer_buffers: `"error"` raises when an integer or boolean buffer differs (for
-            example BatchNorm `num_batches_tracked` after different step counts); `"first"` keeps the
+        mismatched_integer_buffers: `"error"` raises when an integer or boolean buffer differs, for
+            example BatchNorm `num_batches_tracked` after different step counts. `"first"` keeps the
             value of `state_dict_1`.
 
     Returns:

@@ -48,7 +48,8 @@ def _average_sources(
     strict: bool,
     operation: str,
 ) -> dict[str, torch.Tensor]:
-    check_provenance(sources, labels, strict=strict)
+    # stacklevel 3 points warnings at the line that called average_state_dicts or uniform_soup.
+    check_provenance(sources, labels, strict=strict, stacklevel=3)
     running = RunningSum(mismatched_integer_buffers, operation=operation)
     for source, weight, label in zip(sources, weights, labels):
         running.add(iter_state_dict(source), weight, label)
@@ -72,8 +73,8 @@ def average_state_dicts(
         state_dicts: State dicts or checkpoint paths, all with the same keys and shapes.
         weights: One finite non-negative weight per state dict, not all zero, e.g. client sample
             counts in FedAvg. They are normalized to sum to 1; None gives equal weights.
-        mismatched_integer_buffers: `"error"` raises when an integer or boolean buffer differs (for
-            example BatchNorm `num_batches_tracked` after different step counts); `"first"` keeps the
+        mismatched_integer_buffers: `"error"` raises when an integer or boolean buffer differs, for
+            example BatchNorm `num_batches_tracked` after different step counts. `"first"` keeps the
             value of the first state dict.
         strict: Raise instead of warning when checkpoint directories record different initial
             checkpoints or masks in `tna_provenance.json`.
@@ -147,8 +148,8 @@ class GreedySoupEntry:
     Attributes:
         name: The ingredient's name.
         individual_score: Held-out score of the ingredient alone.
-        soup_score: Held-out score of the soup with this ingredient added; for the first (best)
-            ingredient, the soup is the ingredient itself, so this is its individual score.
+        soup_score: Held-out score of the soup with this ingredient added. The soup of the first (best)
+            ingredient is the ingredient itself, so its soup score is its individual score.
         accepted: Whether the ingredient stayed in the soup.
     """
 
@@ -189,13 +190,17 @@ class GreedySoupReport:
         for entry in self.entries:
             verdict = "yes" if entry.accepted else "no"
             lines.append(f"{entry.name:<{width}}  {entry.individual_score:10.4f}  {entry.soup_score:10.4f}  {verdict}")
-        lines.append(f"final score {self.final_score:.4f} with {len(self.accepted_names)} ingredients ({self.tie_rule})")
+        lines.append(
+            f"final score {self.final_score:.4f} with {len(self.accepted_names)} ingredients ({self.tie_rule})"
+        )
         return "\n".join(lines)
 
 
-def _checked_score(value: object, what: str) -> float:
+def _checked_score(value: object, subject: str) -> float:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(float(value)):
-        raise ValueError(f"The held-out score of {what} is {value!r}; evaluate must return a real number, not NaN.")
+        raise ValueError(f"The held-out score of {subject} is {value!r}; evaluate must return a real number, not NaN.")
     return float(value)
 
 
@@ -226,11 +231,11 @@ def greedy_soup(
     """Build a greedy soup (Wortsman et al., 2022).
 
     The ingredients are sorted by held-out score, highest first (ties keep the input order). The
-    soup starts as the best ingredient; each next ingredient is added to the uniform average of the
-    accepted ones, the result is evaluated, and the ingredient is kept only if the score beats the
+    soup starts as the best ingredient. Each next ingredient is added to the uniform average of the
+    accepted ones and the result is evaluated. The ingredient is kept only if the score beats the
     best score so far (`>`, as in the authors' code) or, with `accept_ties`, matches it (`>=`).
 
-    Paths are streamed: memory holds the float64 sum of the accepted ingredients, the candidate soup
+    Paths are streamed: memory contains the float64 sum of the accepted ingredients, the candidate soup
     and the model inside `evaluate`. An accepted path ingredient is read a second time to add it to
     the sum, which keeps the returned soup bit-identical to the candidate soup that was scored.
 
@@ -267,7 +272,7 @@ def greedy_soup(
     unknown = sorted(set(scores) - set(names))
     if unknown:
         raise ValueError(f"scores has names that are not ingredients: {unknown}; ingredients are {names}.")
-    check_provenance([source for _, source in items], names, strict=strict)
+    check_provenance([source for _, source in items], names, strict=strict, stacklevel=2)
 
     # Individual held-out scores, loading one ingredient at a time.
     individual: dict[str, float] = {}

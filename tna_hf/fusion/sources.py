@@ -61,7 +61,9 @@ def resolve_weight_file(path: Union[str, os.PathLike]) -> str:
             candidate = os.path.join(path, file_name)
             if os.path.isfile(candidate):
                 return candidate
-        raise FileNotFoundError(f"{path!r} contains none of {list(_DIRECTORY_FILES)}; point to the weight file instead.")
+        raise FileNotFoundError(
+            f"{path!r} contains none of {list(_DIRECTORY_FILES)}. Point to the weight file instead."
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint {path!r} does not exist.")
     if path.endswith((".safetensors", ".json")) or path.endswith(_TORCH_SUFFIXES):
@@ -110,7 +112,7 @@ def iter_state_dict(source: StateDictSource) -> Iterator[tuple[str, torch.Tensor
     if not is_path_source(source):
         raise TypeError(
             f"A fusion source must be a state dict (mapping from name to tensor) or a checkpoint path, "
-            f"got {type(source).__name__}."
+            f"got {type(source).__name__}. For a model, pass model.state_dict()."
         )
     path = resolve_weight_file(source)
     if path.endswith(".json"):
@@ -120,7 +122,7 @@ def iter_state_dict(source: StateDictSource) -> Iterator[tuple[str, torch.Tensor
     else:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state_dict, Mapping):
-            raise ValueError(f"{path!r} holds a {type(state_dict).__name__}, expected a state dict.")
+            raise ValueError(f"{path!r} contains a {type(state_dict).__name__}, expected a state dict.")
         yield from state_dict.items()
 
 
@@ -143,7 +145,9 @@ def _group_labels(values: dict[str, str | None]) -> str:
     return "; ".join(f"{value[:16] if value else 'none'}: {', '.join(labels)}" for value, labels in groups.items())
 
 
-def check_provenance(sources: Sequence[StateDictSource], labels: Sequence[str], strict: bool = False) -> None:
+def check_provenance(
+    sources: Sequence[StateDictSource], labels: Sequence[str], strict: bool = False, stacklevel: int = 2
+) -> None:
     """Warn (or, with `strict`, raise) when directory sources record different initial checkpoints or masks.
 
     Only directories that contain `tna_provenance.json` take part. Fusing models that started from
@@ -155,6 +159,8 @@ def check_provenance(sources: Sequence[StateDictSource], labels: Sequence[str], 
         sources: The fusion sources.
         labels: One label per source, for messages.
         strict: Raise `ProvenanceMismatchError` on disagreement instead of warning.
+        stacklevel: Passed to `warnings.warn` as seen from the caller of this function: 2 points the
+            warning at the line that called the caller.
 
     Raises:
         ProvenanceMismatchError: `strict` is True and the fingerprints disagree.
@@ -186,7 +192,7 @@ def check_provenance(sources: Sequence[StateDictSource], labels: Sequence[str], 
         )
         if strict:
             raise ProvenanceMismatchError(message)
-        warnings.warn(message, UserWarning, stacklevel=3)
+        warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
         logger.warning(message)
 
     if unrecorded:
@@ -194,5 +200,5 @@ def check_provenance(sources: Sequence[StateDictSource], labels: Sequence[str], 
             f"Ingredients {unrecorded} have no {PROVENANCE_NAME}, so their initial checkpoint and mask cannot be "
             "compared with the others. Record it with tna_hf.checkpoint.save_provenance after training."
         )
-        warnings.warn(message, UserWarning, stacklevel=3)
+        warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
         logger.warning(message)

@@ -29,9 +29,9 @@ from .resnet import ResNet
 MODEL_NAME_FORMS = ("mlp_h{h}_w{w}", "poly_mlp_w{w}", "cnn", "lenet5", "resnet{depth}", "wrn{depth}_{k}", "lstm")
 
 
-def _require(name: str, value, what: str):
+def _require(name: str, value, requirement: str):
     if value is None:
-        raise ValueError(f"build_model({name!r}) needs {what}.")
+        raise ValueError(f"build_model({name!r}) needs {requirement}.")
     return value
 
 
