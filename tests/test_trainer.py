@@ -544,7 +544,7 @@ def test_two_process_ddp(tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         script, str(tmp_path),
     ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     # On failure, show the first worker traceback: torchrun's own summary at the end omits it.
     first_traceback = result.stderr[result.stderr.find("Traceback") :][:4000]
     assert result.returncode == 0, first_traceback or result.stderr[-4000:]

@@ -21,6 +21,16 @@ _LAZY = {
     "average_state_dicts": "tna_hf.fusion",
     "uniform_soup": "tna_hf.fusion",
     "greedy_soup": "tna_hf.fusion",
+    "GreedySoupReport": "tna_hf.fusion",
+    "GreedySoupEntry": "tna_hf.fusion",
+    "ProvenanceMismatchError": "tna_hf.fusion",
+    "state_dict_fingerprint": "tna_hf.checkpoint",
+    "save_initial_checkpoint": "tna_hf.checkpoint",
+    "load_initial_checkpoint": "tna_hf.checkpoint",
+    "ensure_initial_checkpoint": "tna_hf.checkpoint",
+    "save_provenance": "tna_hf.checkpoint",
+    "load_provenance": "tna_hf.checkpoint",
+    "CheckpointMismatchError": "tna_hf.checkpoint",
 }
 
 
@@ -33,7 +43,17 @@ def __getattr__(name):
 
 
 __all__ = [
+    "CheckpointMismatchError",
+    "GreedySoupEntry",
+    "GreedySoupReport",
     "MaskedTrainer",
+    "ProvenanceMismatchError",
+    "ensure_initial_checkpoint",
+    "load_initial_checkpoint",
+    "load_provenance",
+    "save_initial_checkpoint",
+    "save_provenance",
+    "state_dict_fingerprint",
     "average_state_dicts",
     "greedy_soup",
     "interpolate",
