@@ -2,9 +2,9 @@
 
 Timing rule: the arms of a comparison run in one process, in blocks of a few steps, and the order of
 the arms alternates from block to block, so slow phases of a shared machine hit every arm alike. Each
-block records wall time and the CPU time of this process; on a CPU that other jobs also use, CPU time
-is the steadier of the two (it leaves out the time this process waited for a core), on a GPU only
-wall time means anything.
+block records wall time and the CPU time of this process. On a CPU that other jobs also use, CPU time
+is the steadier of the two because it leaves out the time this process waited for a core. On a GPU
+only wall time means anything.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tna_hf import MaskedUpdate, TNAConfig, build_masks
+from tna_hf import TNAConfig, build_masks
 from tna_hf.models.mlp import MLP
 
 
@@ -44,7 +44,7 @@ def _hf_loss(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
 
 
 def build_mlp(device: str, batch_size: int = 32, seed: int = 0) -> ModelCase:
-    """MLP_h2_w200 (784-200-200-10) on a random Fashion-MNIST-shaped batch."""
+    """Build MLP_h2_w200 (784-200-200-10) with a random Fashion-MNIST-shaped batch."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = MLP((1, 28, 28), num_classes=10, hidden_layers=2, width=200).to(device)
@@ -56,7 +56,7 @@ def build_mlp(device: str, batch_size: int = 32, seed: int = 0) -> ModelCase:
 
 
 def build_roberta(device: str, batch_size: int = 32, seq_len: int = 128, vocab_size: int = 8192, seed: int = 0):
-    """A small randomly initialized RobertaForSequenceClassification: hidden 256, 4 layers, 4 heads, FFN 1024."""
+    """Build a small randomly initialized RobertaForSequenceClassification: hidden 256, 4 layers, 4 heads, FFN 1024."""
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
     config = RobertaConfig(
@@ -82,7 +82,7 @@ def build_roberta(device: str, batch_size: int = 32, seq_len: int = 128, vocab_s
 
 
 def build_vit_b32(device: str, batch_size: int = 128, seed: int = 0) -> ModelCase:
-    """timm's ViT-B/32 at 224 px (88M parameters), randomly initialized, trained under bf16 autocast."""
+    """Build timm's ViT-B/32 at 224 px (88M parameters), randomly initialized, trained under bf16 autocast."""
     import timm
 
     torch.manual_seed(seed)
@@ -99,7 +99,7 @@ BUILDERS = {"mlp": build_mlp, "roberta": build_roberta, "vit": build_vit_b32}
 
 
 def make_adamw(model: torch.nn.Module, implementation: str) -> torch.optim.AdamW:
-    """AdamW (lr 1e-4, weight decay 0.01) in the `fused`, `foreach` or `forloop` implementation."""
+    """Create AdamW (lr 1e-4, weight decay 0.01) in the `fused`, `foreach` or `forloop` implementation."""
     flags = {
         "fused": {"fused": True},
         "foreach": {"foreach": True},
@@ -168,7 +168,3 @@ def summarize(times: dict[str, dict[str, list[float]]], reference: str, clock: s
             "median_block_ratio": statistics.median(block_ratios),
         }
     return summary
-
-
-def attach_masked_update(model: torch.nn.Module, masks: dict, optimizer: torch.optim.Optimizer) -> MaskedUpdate:
-    return MaskedUpdate(model, masks).attach(optimizer)

@@ -7,7 +7,7 @@ batch 32, sequence 128) on the CPU, or a ViT-B/32-sized model under bf16 autocas
    measured interleaved in one process: the arms alternate block by block, and the script reports the
    median over blocks of both wall time and process CPU time;
 2. the bits per targeted entry of a saved mask (`save_masks` file size * 8 / targeted entries);
-3. the bytes per targeted parameter that `MaskedUpdate` holds (its bit-select buffers), and the extra
+3. the bytes per targeted parameter that `MaskedUpdate` keeps (its select buffers), and the extra
    peak memory of one training step over an unmasked step.
 
 Usage:
@@ -54,12 +54,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (ViT-B/32 in bf16 autocast).")
     parser.add_argument(
-        "--models", nargs="+", default=None, choices=sorted(BUILDERS),
+        "--models",
+        nargs="+",
+        default=None,
+        choices=sorted(BUILDERS),
         help="Models to measure (default: mlp roberta on the CPU, vit on CUDA).",
     )
     parser.add_argument("--rho", type=float, default=0.4, help="Fraction of each targeted tensor that is fixed.")
     parser.add_argument(
-        "--optimizers", nargs="+", default=None, choices=["fused", "foreach", "forloop"],
+        "--optimizers",
+        nargs="+",
+        default=None,
+        choices=["fused", "foreach", "forloop"],
         help="AdamW implementations (default: fused forloop on the CPU, fused on CUDA).",
     )
     parser.add_argument("--blocks", type=int, default=None, help="Timed blocks per arm (default: per model).")
@@ -192,7 +198,7 @@ def measure_memory(case: ModelCase, rho: float, device: str, implementation: str
         "step_peak_extra_bytes": masked_peak - unmasked_peak,
         "step_peak_extra_bytes_per_param": (masked_peak - unmasked_peak) / targeted,
         "largest_param_bytes": largest,
-        "peak_method": "torch.cuda.max_memory_allocated" if device.startswith("cuda") else "profiler, upper bound per operator",
+        "peak_method": "cuda max_memory_allocated" if device.startswith("cuda") else "profiler, per-operator bound",
     }
 
 
@@ -212,8 +218,9 @@ def machine_description(device: str) -> str:
 
 
 def print_table(results: dict) -> None:
-    print(f"\nmachine: {results['machine']}; torch {results['torch']}; rho {results['rho']}; "
-          f"threads {results['threads']}")
+    print(
+        f"\nmachine: {results['machine']}; torch {results['torch']}; rho {results['rho']}; threads {results['threads']}"
+    )
     header = f"{'model':<18}{'AdamW':<9}{'clock':<6}{'unmasked ms':>12}{'masked ms':>11}{'ratio':>8}"
     header += f"{'block ratio':>13}{'target':>8}"
     print(header)
@@ -222,19 +229,27 @@ def print_table(results: dict) -> None:
             if not isinstance(value, dict):
                 continue
             implementation, clock = key.rsplit("_", 1)
-            print(f"{name:<18}{implementation:<9}{clock:<6}{value['unmasked_ms']:>12.3f}{value['masked_ms']:>11.3f}"
-                  f"{value['ratio_of_medians']:>8.3f}{value['median_block_ratio']:>13.3f}{TARGETS[name]:>8.3f}")
-    print(f"\n{'model':<18}{'targeted':>12}{'file bytes':>12}{'bits/entry':>12}{'held B/param':>14}"
-          f"{'step peak extra B/param':>25}")
+            print(
+                f"{name:<18}{implementation:<9}{clock:<6}{value['unmasked_ms']:>12.3f}{value['masked_ms']:>11.3f}"
+                f"{value['ratio_of_medians']:>8.3f}{value['median_block_ratio']:>13.3f}{TARGETS[name]:>8.3f}"
+            )
+    print(
+        f"\n{'model':<18}{'targeted':>12}{'file bytes':>12}{'bits/entry':>12}{'held B/param':>14}"
+        f"{'step peak extra B/param':>25}"
+    )
     for name, model_results in results["models"].items():
         mask_file, memory = model_results["mask_file"], model_results["memory"]
-        print(f"{name:<18}{mask_file['targeted_entries']:>12}{mask_file['file_bytes']:>12}"
-              f"{mask_file['bits_per_entry']:>12.4f}{memory['held_bytes_per_param']:>14.3f}"
-              f"{memory['step_peak_extra_bytes_per_param']:>25.3f}")
+        print(
+            f"{name:<18}{mask_file['targeted_entries']:>12}{mask_file['file_bytes']:>12}"
+            f"{mask_file['bits_per_entry']:>12.4f}{memory['held_bytes_per_param']:>14.3f}"
+            f"{memory['step_peak_extra_bytes_per_param']:>25.3f}"
+        )
     for name, model_results in results["models"].items():
         if "unmasked_fused_over_forloop_cpu" in model_results["step"]:
-            print(f"{name}: unmasked fused AdamW step / for-loop AdamW step (CPU time) = "
-                  f"{model_results['step']['unmasked_fused_over_forloop_cpu']:.3f}")
+            print(
+                f"{name}: unmasked fused AdamW step / for-loop AdamW step (CPU time) = "
+                f"{model_results['step']['unmasked_fused_over_forloop_cpu']:.3f}"
+            )
 
 
 def main(argv: list[str] | None = None) -> dict:

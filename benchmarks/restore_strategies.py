@@ -1,7 +1,8 @@
 """Ways to keep TNA-PFN's fixed entries fixed, timed against an unmasked AdamW training step.
 
-Two comparisons, each measured interleaved in one process (arms alternate block by block; medians of
-process CPU time, and of wall time on CUDA), each arm a full training step with fused AdamW:
+Two comparisons, each measured interleaved in one process: the arms alternate block by block, and the
+script reports medians of process CPU time (of wall time on CUDA). Each arm is a full training step
+with fused AdamW.
 
 * restore strategies, run after every optimizer step (no gradient hook, so only the restore differs):
 
@@ -14,7 +15,7 @@ process CPU time, and of wall time on CUDA), each arm a full training step with 
   | `bool_indexing` | 1 B mask + 0.4 * 4 B value | `p[~keep] = values` |
   | `flat_buffer_index_copy` | as `index_copy_int64` | parameters re-pointed into one flat buffer, one `index_copy_` |
   | `foreach_bits_int32` | 4 B int32 keep + 4 B bits | `_foreach_mul_` / `_foreach_add_` on raw bits |
-  | `masked_update` | 1 B bool keep + 4 B bits | what `MaskedUpdate.restore` does (`_foreach_*` on raw bits, bool keep) |
+  | `masked_update` | 1 B bool keep + 4 B bits | `MaskedUpdate.restore`: `_foreach_*` on raw bits, bool keep |
 
   torch has no `_foreach` bitwise kernels, so the `_foreach` strategies select with integer arithmetic
   on the raw bits (`bits * keep + fixed_bits`), which is exact because `keep` is 0 or 1.
@@ -67,7 +68,7 @@ class RestoreStrategy:
         raise NotImplementedError
 
     def is_exact(self) -> bool:
-        """Whether every fixed entry has the bits it had at construction."""
+        """Return whether every fixed entry has the bits it had at construction."""
         for (param, mask), initial in zip(self.items, self.initial_bits):
             current = param.detach().view(initial.dtype)
             if not torch.equal(current[~mask], initial[~mask]):
@@ -304,9 +305,13 @@ def main(argv: list[str] | None = None) -> dict:
         for section, summary in results["models"][case.name].items():
             print(f"  {section:<8}{'strategy':<26}{'ms/step':>9}{'ratio':>8}{'block ratio':>13}{'exact':>7}")
             for name, row in summary.items():
-                exact = "" if "exact" not in row else ("yes" if row["exact"] else "NO")
-                print(f"  {'':<8}{name:<26}{1e3 * row['median_s']:>9.3f}{row['ratio_of_medians']:>8.3f}"
-                      f"{row['median_block_ratio']:>13.3f}{exact:>7}")
+                exact = ""
+                if "exact" in row:
+                    exact = "yes" if row["exact"] else "NO"
+                print(
+                    f"  {'':<8}{name:<26}{1e3 * row['median_s']:>9.3f}{row['ratio_of_medians']:>8.3f}"
+                    f"{row['median_block_ratio']:>13.3f}{exact:>7}"
+                )
     if args.output:
         tmp_path = args.output + ".tmp"
         with open(tmp_path, "w") as handle:

@@ -1,8 +1,8 @@
 """Two-process MaskedTrainer run for tests/test_trainer.py (launched with torchrun or accelerate launch on CPU).
 
 Each rank trains 3 steps on real Rotten Tomatoes snippets and writes `rank<N>.json` into the folder given as
-the only argument: its mask fingerprint, the names of parameters whose fixed entries moved, and a fingerprint of
-its final weights.
+the only argument: its mask fingerprint, the names of parameters whose fixed entries moved (by `verify()` and by a
+bitwise comparison with the initial weights), and a fingerprint of its final weights.
 """
 
 import json
@@ -54,6 +54,11 @@ def main(output_dir: str) -> None:
         "mask_fingerprint": trainer.mask_fingerprint,
         "expected_fingerprint": mask_fingerprint(build_masks(make_tiny_roberta(), config)),
         "changed_fixed": trainer.masked_update.verify(),
+        "fixed_differ_from_initial": [
+            name
+            for name, mask in trainer.masks.items()
+            if not torch.equal(final[name][~mask].view(torch.int32), initial[name][~mask].view(torch.int32))
+        ],
         "weights_fingerprint": state_dict_fingerprint(final),
         "moved": any(not torch.equal(final[name], initial[name]) for name in final),
     }

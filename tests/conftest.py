@@ -72,7 +72,7 @@ def _find_rotten_tomatoes_file() -> str:
 
 
 def _hash_tokens(text: str) -> list[int]:
-    # Ids 0-2 are <s>, <pad> and </s>; words map to 3..99 by crc32, enough for a tiny model.
+    # Ids 0, 1 and 2 are <s>, <pad> and </s>. Words map to ids 3..99 by crc32, which is enough for a tiny model.
     words = text.lower().split()[: TINY_SEQUENCE_LENGTH - 2]
     body = [3 + zlib.crc32(word.encode("utf-8")) % (TINY_VOCAB_SIZE - 3) for word in words]
     return [0, *body, 2]

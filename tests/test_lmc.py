@@ -1,6 +1,7 @@
 """End-to-end LMC experiments at tiny sizes: every experiment runs, prints its table and saves its files."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -18,12 +19,14 @@ def one_thread():
 
 
 TINY = ["--dataset", "digits", "--models", "mlp_h1_w16", "--epochs", "2", "--batch_size", "32", "--no_progress"]
-TWO_SEEDS = [*TINY, "--seeds", "0", "1"]
 ONE_SEED = [*TINY, "--seeds", "0"]
 
 
 def test_rho_sweep_tiny(tmp_path, capsys):
-    results = main(["--experiment", "rho_sweep", "--rhos", "0.5", *TWO_SEEDS, "--output_dir", str(tmp_path)])
+    # The CI config, with two seeds so the std is over real repeats.
+    config = os.path.join(os.path.dirname(__file__), "..", "configs", "lmc_tiny.yaml")
+    results = main(["--config", config, "--rhos", "0.5", "--seeds", "0", "1", "--no_progress", "--output_dir", str(tmp_path)])
+    assert results["args"]["dataset"] == "digits"
     methods = [(row["method"], row["rho"]) for row in results["rows"]]
     assert methods == [("vanilla", 0.0), ("TNA-PFN", 0.5), ("prune", 0.5)]
     for row in results["rows"]:

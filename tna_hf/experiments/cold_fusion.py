@@ -1,7 +1,7 @@
 """ColD fusion of a pretrained text encoder with and without TNA-PFN (the TNA-PFN paper's Table 9).
 
 ColD fusion (Don-Yehiya et al., 2023) lets contributors, each with its own task and classification head,
-fine-tune copies of a shared base model; the weighted average of their bodies becomes the next base.
+fine-tune copies of a shared base model. The weighted average of their bodies becomes the next base.
 The TNA-PFN paper (Li et al.) reports that masking part of every weight tensor during local training
 (FedAvg+TNA-PFN, FedPFN, FedPNU) fuses better than plain averaging (FedAvg) for RoBERTa-base on CoLA,
 RTE and MRPC. This driver runs the four variants from the same initial checkpoint and reports each
@@ -146,7 +146,9 @@ class ColdFusionArguments:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.weighting not in [member.value for member in Weighting]:
-            raise ValueError(f"weighting must be one of {[member.value for member in Weighting]}, got {self.weighting!r}.")
+            raise ValueError(
+                f"weighting must be one of {[member.value for member in Weighting]}, got {self.weighting!r}."
+            )
         if self.push_to_hub and not self.hub_repo_id:
             raise ValueError("push_to_hub needs --hub_repo_id owner/name.")
 
@@ -274,7 +276,7 @@ def evaluate_models(arguments: ColdFusionArguments, models: list, tasks: list[Pr
 
 
 def primary_metric(arguments: ColdFusionArguments) -> str:
-    """The accuracy reported in the tables: with the refit head when refitting is on, else with the kept head."""
+    """Return the accuracy key of the tables: the refit head's when refitting is on, else the kept head's."""
     return "accuracy_refit_head" if arguments.head_refit_steps > 0 else "accuracy_kept_head"
 
 
@@ -295,6 +297,7 @@ def _training_arguments(arguments: ColdFusionArguments, variant: str) -> Trainin
         report_to="none",
         seed=arguments.seed,
         dataloader_num_workers=0,
+        dataloader_pin_memory=False,
     )
 
 
@@ -317,7 +320,9 @@ def run_variant(
         Contributor(name=prepared.task.name, model=model, train_dataset=prepared.train_examples, data_collator=collator)
         for model, prepared in zip(models, tasks)
     ]
-    fusion = ColdFusion(contributors, tna_config, _training_arguments(arguments, variant), weighting=arguments.weighting)
+    fusion = ColdFusion(
+        contributors, tna_config, _training_arguments(arguments, variant), weighting=arguments.weighting
+    )
 
     rounds = []
     for round_index in tqdm(range(arguments.rounds), desc=f"{VARIANT_LABELS[variant]} rounds"):
@@ -422,7 +427,9 @@ def plot_rounds(results: dict[str, Any], path: str) -> str:
     for axis, column in zip(axes[0], columns):
         for variant in results["variants"].values():
             values = [results["initial"][column][metric]] + [r["accuracies"][column][metric] for r in variant["rounds"]]
-            axis.plot(range(len(values)), [100 * value for value in values], marker="o", markersize=3, label=variant["label"])
+            axis.plot(
+                range(len(values)), [100 * value for value in values], marker="o", markersize=3, label=variant["label"]
+            )
         axis.set_title(column)
         axis.set_xlabel("round")
         axis.set_xticks(range(results["arguments"]["rounds"] + 1))
@@ -475,25 +482,22 @@ def main(argv: Optional[list[str]] = None, hub_api: Any = None) -> dict[str, Any
     initial_state = [{name: tensor.clone() for name, tensor in model.state_dict().items()} for model in models]
     initial_fingerprints = {
         "body": state_dict_fingerprint(get_body_state_dict(models[0])),
-        "heads": {prepared.task.name: state_dict_fingerprint(get_head_state_dict(model)) for model, prepared in zip(models, tasks)},
+        "heads": {
+            prepared.task.name: state_dict_fingerprint(get_head_state_dict(model))
+            for model, prepared in zip(models, tasks)
+        },
     }
     setup_seconds = time.perf_counter() - setup_started
 
     # Round 0: the initial checkpoint, shared by every variant.
     initial = evaluate_models(arguments, models, tasks)
 
-    variants = {}
-    for variant in arguments.variants:
-        variant_started = time.perf_counter()
-        variants[variant] = run_variant(arguments, variant, models, tasks, tokenizer, initial_state, hub_api=hub_api)
-        variants[variant]["seconds"] = time.perf_counter() - variant_started
-
     results = {
         "arguments": asdict(arguments),
         "primary_metric": primary_metric(arguments),
         "initial_fingerprints": initial_fingerprints,
         "initial": initial,
-        "variants": variants,
+        "variants": {},
         "tasks": {
             prepared.task.name: {
                 "label_names": list(prepared.task.label_names),
@@ -503,11 +507,18 @@ def main(argv: Optional[list[str]] = None, hub_api: Any = None) -> dict[str, Any
             for prepared in tasks
         },
         "setup_seconds": setup_seconds,
-        "wall_seconds": time.perf_counter() - started,
         "torch_threads": torch.get_num_threads(),
     }
     results["arguments"].pop("hub_token", None)
-    _write_json(results, os.path.join(arguments.output_dir, RESULTS_NAME))
+    for variant in arguments.variants:
+        variant_started = time.perf_counter()
+        results["variants"][variant] = run_variant(
+            arguments, variant, models, tasks, tokenizer, initial_state, hub_api=hub_api
+        )
+        results["variants"][variant]["seconds"] = time.perf_counter() - variant_started
+        # Written after every variant, so a long run that is stopped keeps what it finished.
+        results["wall_seconds"] = time.perf_counter() - started
+        _write_json(results, os.path.join(arguments.output_dir, RESULTS_NAME))
     plot_rounds(results, os.path.join(arguments.output_dir, PLOT_NAME))
 
     head = "refit head" if results["primary_metric"] == "accuracy_refit_head" else "kept head"
@@ -515,6 +526,7 @@ def main(argv: Optional[list[str]] = None, hub_api: Any = None) -> dict[str, Any
     print(format_table(results))  # noqa: T201
     print("\nSum accuracy (%) per round (round 0 = initial checkpoint):")  # noqa: T201
     print(format_rounds_table(results))  # noqa: T201
-    print(f"\nResults: {os.path.join(arguments.output_dir, RESULTS_NAME)}; plot: {os.path.join(arguments.output_dir, PLOT_NAME)}")  # noqa: T201
+    results_path, plot_path = (os.path.join(arguments.output_dir, name) for name in (RESULTS_NAME, PLOT_NAME))
+    print(f"\nResults: {results_path}; plot: {plot_path}")  # noqa: T201
     print(f"Wall time: {results['wall_seconds']:.0f} s with {torch.get_num_threads()} torch threads.")  # noqa: T201
     return results

@@ -466,10 +466,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
     with tqdm(total=total, desc=f"lmc {args.experiment}", disable=args.no_progress) as progress:
         rows = EXPERIMENT_FUNCTIONS[args.experiment](runner, progress)
 
-    os.makedirs(args.output_dir, exist_ok=True)
-    plots = save_plots(runner, rows, args.output_dir)
     table = format_table(rows)
     wall_time = time.perf_counter() - start
+    if not runner.accelerator.is_main_process:
+        # Under `accelerate launch` with several processes every process measures the same numbers.
+        return {"experiment": args.experiment, "args": vars(args), "rows": rows, "table": table, "plots": [], "wall_time_s": wall_time}
+    os.makedirs(args.output_dir, exist_ok=True)
+    plots = save_plots(runner, rows, args.output_dir)
     results = {
         "experiment": args.experiment,
         "args": vars(args),

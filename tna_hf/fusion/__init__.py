@@ -23,3 +23,4 @@ __all__ = [
     "load_state_dict",
     "uniform_soup",
 ]
+from .cold import ColdFusion, ColdFusionVariant, Contributor, variant_tna_config  # noqa: E402, F401  (ColD fusion rounds)

@@ -3,7 +3,7 @@
 ColD fusion ("Collaborative Descent") improves a pretrained model by repeated fusion. A shared base
 body starts from the pretrained weights. Each contributor owns one task dataset and one classification
 head. In every round each contributor loads the current base body under its own head, fine-tunes
-the model on its task with `MaskedTrainer`, and returns its body; the new base is the weighted average
+the model on its task with `MaskedTrainer`, and returns its body. The new base is the weighted average
 of those bodies. Heads are never averaged: each stays with its contributor across rounds and only
 that contributor's training changes it.
 
@@ -70,7 +70,7 @@ _VARIANT_SCHEDULES = {
 
 
 class Weighting(str, enum.Enum):
-    """How contributors' bodies are weighted in the average."""
+    """Weighting of the contributors' bodies in the average."""
 
     UNIFORM = "uniform"
     NUM_SAMPLES = "num_samples"
@@ -139,7 +139,7 @@ class MaskRecord:
 
 @dataclass
 class RoundResult:
-    """What one ColD fusion round produced."""
+    """Outcome of one ColD fusion round."""
 
     round_index: int
     weights: list[float]
@@ -218,9 +218,9 @@ class ColdFusion:
     Args:
         contributors: At least one contributor; all models must have the same body (names and shapes).
         tna_config: The variant's config (`variant_tna_config`); rho 0 trains without masks.
-        training_args: Template for each local training. `max_steps` must be set (it is the number of local
-            steps per round); `output_dir` gets a subfolder per round and contributor, and `seed` is offset
-            per round and contributor so batches differ between them.
+        training_args: Template for each local training. `max_steps` must be set: it is the number of local
+            steps per round. Each round and contributor gets its own `output_dir` subfolder and seed offset,
+            so their batches differ.
         weighting: `"uniform"` or `"num_samples"`.
         initial_body: The shared initial checkpoint of the body; by default the first contributor's body.
         callbacks: Extra `TrainerCallback`s for every local training.
@@ -280,7 +280,11 @@ class ColdFusion:
         return None if self.tna_config.schedule == MaskSchedule.FIXED.value else round_index
 
     def train_contributor(self, round_index: int, position: int) -> tuple[float, Optional[str], Optional[str]]:
-        """Fine-tune one contributor's model from the current base body; return (loss, mask, complement fingerprints)."""
+        """Fine-tune one contributor's model from the current base body.
+
+        Returns:
+            The mean training loss, the fingerprint of the round's mask and that of its complement (FedPNU only).
+        """
         contributor = self.contributors[position]
         set_body_state_dict(contributor.model, self.base_body)
         args = self._local_args(round_index, position, contributor)
@@ -362,9 +366,10 @@ def save_fused_round(
 ) -> str:
     """Write a round's fused base as a `transformers` base model folder, with the round's mask and a JSON summary.
 
-    The folder holds the body of `model` (e.g. a `BertModel`, loadable with `AutoModel.from_pretrained`),
-    the tokenizer when given, `tna_config.json`, `tna_mask.safetensors` when the round used a mask (names
-    relative to the body, so `load_masks(folder, AutoModel.from_pretrained(folder))` checks them), and
+    The folder contains the body of `model` (e.g. a `BertModel`, loadable with `AutoModel.from_pretrained`;
+    a RoBERTa classifier's body has no pooler, so load it with `add_pooling_layer=False`), the tokenizer
+    when given, `tna_config.json`, `tna_mask.safetensors` when the round used a mask (names relative to
+    the body, so `load_masks(folder, body_model)` checks them), and
     `cold_fusion_round.json`. For FedPNU the saved mask is the first half's; the second half used its
     complement (`complement_masks`). Files are written to a temporary folder that is then renamed.
 

@@ -41,7 +41,8 @@ def plot_interpolation_curves(
     """Plot each curve against alpha with the gap to the straight line between its endpoints shaded.
 
     The shaded area is where the interpolated model falls below (accuracy) or rises above (loss) the
-    linear mix of the endpoint values; its largest height on the grid is the barrier of equation 1 or 2.
+    straight line between the endpoint values. The largest loss gap on the grid is the loss barrier
+    (equation 1); the accuracy barrier (equation 2) is that gap divided by the line's height.
 
     Args:
         curves: Label -> curve, e.g. `{"vanilla": ..., "TNA-PFN rho=0.4": ...}`.
@@ -68,7 +69,14 @@ def plot_interpolation_curves(
         linear = [alpha * end + (1 - alpha) * start for alpha in curve.alphas]
         (line,) = axes.plot(curve.alphas, values, marker="o", markersize=3, label=label)
         axes.plot(curve.alphas, linear, linestyle="--", color=line.get_color(), linewidth=0.8)
-        axes.fill_between(curve.alphas, values, linear, color=line.get_color(), alpha=0.2)
+        # Shade only the barrier side: below the chord for accuracy, above it for loss.
+        if metric == "accuracy":
+            barrier_side = [value < chord for value, chord in zip(values, linear)]
+        else:
+            barrier_side = [value > chord for value, chord in zip(values, linear)]
+        axes.fill_between(
+            curve.alphas, values, linear, where=barrier_side, interpolate=True, color=line.get_color(), alpha=0.2
+        )
     axes.set_xlabel("alpha (weight of model 1)")
     axes.set_ylabel("test accuracy (%)" if metric == "accuracy" else "test loss")
     if title:

