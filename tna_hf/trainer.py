@@ -111,7 +111,8 @@ class MaskedTrainer(Trainer):
     `optimizer_cls_and_kwargs`, or a user optimizer passed as `optimizers=(optimizer, scheduler)`).
     Gradient hooks zero the gradient of fixed entries during backward, so gradient clipping and the
     logged `grad_norm` use the masked gradient. A step post-hook restores the fixed entries exactly
-    after every step, whatever weight decay, momentum, mixed precision or accumulation do.
+    after every step, whatever weight decay, momentum, mixed precision or accumulation do. The hooks
+    stay on the model after training; `trainer.masked_update.detach()` removes them.
 
     Every `save_model` output and every `checkpoint-N` folder gets `tna_config.json`,
     `tna_mask.safetensors` and `tna_provenance.json`, so `push_to_hub` uploads the mask and the

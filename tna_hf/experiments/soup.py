@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 import torch
+from accelerate import PartialState
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -334,6 +335,7 @@ def run_arm(
         The arm's results: every ingredient's settings and accuracies, the soups' accuracies, the greedy
         soup report and the mask fingerprint (None for vanilla training).
     """
+    state = PartialState()
     arm_dir = os.path.join(arguments.output_dir, arm)
     mask_dir = None
     fingerprint = None
@@ -341,7 +343,9 @@ def run_arm(
         config = TNAConfig(rho=rho, seed=arguments.mask_seed)
         masks = build_masks(template, config)
         mask_dir = os.path.join(arm_dir, "mask")
-        save_masks(masks, mask_dir, config=config)
+        if state.is_main_process:
+            save_masks(masks, mask_dir, config=config)
+        state.wait_for_everyone()
         fingerprint = mask_fingerprint(masks)
 
     ingredients = []
@@ -455,8 +459,6 @@ def run_soup_experiment(arguments: SoupArguments) -> dict:
     Returns:
         The results dict that is also written to `output_dir/results.json`.
     """
-    from accelerate import PartialState
-
     start = time.perf_counter()
     if arguments.num_threads:
         torch.set_num_threads(arguments.num_threads)

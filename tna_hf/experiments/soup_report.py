@@ -57,6 +57,7 @@ def format_table(results: dict) -> str:
             f"{len(arm['ingredients'])} ingredients ({accepted}); "
             f"best ingredient {100 * arm['best_test_accuracy']:.1f} %."
         )
+    lines.append(f"BatchNorm: {results['batchnorm']}.")
     lines.append(f"Wall time {results['wall_time_seconds'] / 60:.1f} min on {results['torch_threads']} torch threads.")
     return "\n".join(lines)
 
