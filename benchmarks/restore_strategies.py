@@ -15,7 +15,8 @@ with fused AdamW.
   | `bool_indexing` | 1 B mask + 0.4 * 4 B value | `p[~keep] = values` |
   | `flat_buffer_index_copy` | as `index_copy_int64` | parameters re-pointed into one flat buffer, one `index_copy_` |
   | `foreach_bits_int32` | 4 B int32 keep + 4 B bits | `_foreach_mul_` / `_foreach_add_` on raw bits |
-  | `masked_update` | 1 B bool keep + 4 B bits | `MaskedUpdate.restore`: `_foreach_*` on raw bits, bool keep |
+  | `foreach_bits_bool` | 1 B bool keep + 4 B bits | the same with the bool mask as `keep` |
+  | `masked_update` | 1 B bool keep + 4 B bits | `MaskedUpdate.restore`: one `addcmul` per tensor on raw bits |
 
   torch has no `_foreach` bitwise kernels, so the `_foreach` strategies select with integer arithmetic
   on the raw bits (`bits * keep + fixed_bits`), which is exact because `keep` is 0 or 1.
@@ -169,6 +170,12 @@ class ForeachBitsInt32(RestoreStrategy):
         torch._foreach_add_(self.bits, self.fixed)
 
 
+class ForeachBitsBool(ForeachBitsInt32):
+    def __init__(self, model, masks):
+        super().__init__(model, masks)
+        self.keeps = [mask for _, mask in self.items]
+
+
 class MaskedUpdateRestore(RestoreStrategy):
     def __init__(self, model, masks):
         super().__init__(model, masks)
@@ -187,6 +194,7 @@ RESTORE_STRATEGIES = {
     "bool_indexing": BoolIndexing,
     "flat_buffer_index_copy": FlatBufferIndexCopy,
     "foreach_bits_int32": ForeachBitsInt32,
+    "foreach_bits_bool": ForeachBitsBool,
     "masked_update": MaskedUpdateRestore,
 }
 

@@ -16,10 +16,10 @@ integer arithmetic, which copies every bit pattern (NaN, inf, -0.0) unchanged. P
 `fixed_bits`, the bits of the parameter at the last mask change with trainable entries zeroed:
 
     gradient hook:  grad_bits * keep                    (fixed entries become +0.0)
-    restore:        param_bits *= keep;  param_bits += fixed_bits
+    restore:        param_bits = fixed_bits + param_bits * keep      (one `addcmul` per tensor)
 
 These are plain elementwise kernels, so they work for any memory layout (channels_last included) and
-any device, and `restore` runs as two `torch._foreach_*` calls for the whole model. On the 2-core
+any device. On the 2-core
 development CPU they are several times faster than scattering by index (`index_put_`) or a boolean
 `torch.where`; `benchmarks/restore_strategies.py` measures the alternatives and `docs/benchmarks.md`
 records the numbers. The memory cost is 1 byte (`keep`) plus one element (`fixed_bits`) per targeted
@@ -39,8 +39,8 @@ Zeroing `.grad` in place from `register_post_accumulate_grad_hook` would avoid t
 it would run early enough for the default C++ DDP reducer, which `AccumulateGrad` calls after all
 post-accumulate-grad hooks (torch 2.x, `accumulate_grad.cpp`). It is still unsafe because those hooks
 run in registration order. DDP's Python reducer (used with compiled autograd) registers one when DDP
-wraps the model, usually before `MaskedUpdate` exists (`accelerator.prepare`), so the reducer would
-pass unmasked gradients to its communication hook; a compressing hook such as PowerSGD then mixes the
+wraps the model, usually before `MaskedUpdate` exists (`accelerator.prepare`). The reducer would then
+pass unmasked gradients to its communication hook, and a compressing hook such as PowerSGD mixes the
 gradients of fixed entries into those of trainable ones. An optimizer-in-backward hook registered
 earlier would likewise step on unmasked gradients. The tensor hook runs before all of them, whatever
 the registration order.
@@ -76,9 +76,9 @@ def _bits_dtype(dtype: torch.dtype, name: str) -> torch.dtype:
 class _FixedEntries:
     """Select buffers of one targeted parameter, kept on the parameter's device.
 
-    `keep` is the bool mask (`True` = trainable) in the parameter's memory layout; `fixed_bits` holds the
-    raw bits of the parameter at the last mask change with trainable entries zeroed (None in `prune`
-    mode, where every fixed entry is +0.0).
+    `keep` is the bool mask (`True` = trainable) in the parameter's memory layout. `fixed_bits` contains
+    the raw bits of the parameter at the last mask change with trainable entries zeroed. It is None in
+    `prune` mode, where every fixed entry is +0.0.
     """
 
     __slots__ = ("name", "param", "dtype", "bits_dtype", "num_fixed", "keep", "fixed_bits", "_param_bits", "_data_ptr")
@@ -93,8 +93,8 @@ class _FixedEntries:
         self._param_bits: Optional[torch.Tensor] = None
         self.fixed_bits: Optional[torch.Tensor] = None
 
-        # A contiguous CPU mask is used as it is; otherwise copy it into the parameter's device and layout
-        # (channels_last stays channels_last), so the elementwise kernels below walk both tensors alike.
+        # A mask on the parameter's device with the parameter's strides is used as it is. Otherwise it is
+        # copied into the parameter's device and layout, so that the kernels walk both tensors alike.
         if mask.device == param.device and mask.stride() == param.stride():
             self.keep = mask
         else:
@@ -115,7 +115,7 @@ class _FixedEntries:
 
     def _follow(self, data: torch.Tensor) -> None:
         # The parameter's storage was replaced, e.g. by `model.to(device)` or `accelerator.prepare` after
-        # `set_masks`. Values at fixed entries are restored from `fixed_bits`, so only the dtype must match.
+        # `set_masks`. Values at fixed entries are restored from `fixed_bits`, so only dtype and shape matter.
         if data.dtype != self.dtype or data.shape != self.keep.shape:
             raise RuntimeError(
                 f"Parameter {self.name!r} changed from {self.dtype} {tuple(self.keep.shape)} to {data.dtype} "
@@ -139,10 +139,11 @@ class _FixedEntries:
         return torch.mul(grad.view(self.bits_dtype), self.keep).view(grad.dtype)
 
     def nbytes(self) -> int:
-        held = self.keep.numel() * self.keep.element_size()
+        """Return the bytes of `keep` and `fixed_bits`."""
+        total = self.keep.numel() * self.keep.element_size()
         if self.fixed_bits is not None:
-            held += self.fixed_bits.numel() * self.fixed_bits.element_size()
-        return held
+            total += self.fixed_bits.numel() * self.fixed_bits.element_size()
+        return total
 
 
 class MaskedUpdate:
@@ -205,7 +206,7 @@ class MaskedUpdate:
         # Tensors without fixed entries (rho 0, tiny tensors) get no buffers and no hooks.
         self._entries = {}
         self._restore_pointers: list[int] = []
-        self._restore_cache: tuple[list, list, list, list] = ([], [], [], [])
+        self._restore_cache: list[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = []
         with torch.no_grad():
             for name, mask in self.masks.items():
                 if bool(mask.all()):
@@ -227,7 +228,7 @@ class MaskedUpdate:
         return self.num_fixed() / total if total else 0.0
 
     def _buffer_nbytes(self) -> int:
-        """Bytes of the buffers held for restoring and masking (not counting `masks`, which the caller owns)."""
+        """Return the bytes of the select buffers; on the CPU `keep` may be the caller's mask tensor itself."""
         return sum(entries.nbytes() for entries in self._entries.values())
 
     # ------------------------------------------------------------------ hooks
@@ -278,35 +279,28 @@ class MaskedUpdate:
         self._step_hook_handles = []
         self._optimizers = []
 
-    def _restore_lists(self) -> tuple[list, list, list, list]:
-        """Return the tensor lists of `restore`, rebuilt when a parameter's storage was replaced."""
+    def _restore_items(self) -> list[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
+        """Return (param_bits, keep, fixed_bits) per entry, rebuilt when a parameter's storage was replaced."""
         pointers = [entries.param.data_ptr() for entries in self._entries.values()]
         if pointers != self._restore_pointers:
-            entries_list = list(self._entries.values())
-            bits = [entries.param_bits() for entries in entries_list]
-            keeps = [entries.keep for entries in entries_list]
-            with_values = [entries for entries in entries_list if entries.fixed_bits is not None]
-            self._restore_cache = (
-                bits,
-                keeps,
-                [entries.param_bits() for entries in with_values],
-                [entries.fixed_bits for entries in with_values],
-            )
+            self._restore_cache = [
+                (entries.param_bits(), entries.keep, entries.fixed_bits) for entries in self._entries.values()
+            ]
             self._restore_pointers = pointers
         return self._restore_cache
 
     @torch.no_grad()
     def restore(self) -> None:
         """Write the stored values back into every fixed entry (called after each optimizer step)."""
-        if not self._entries:
-            return
-        # Integer arithmetic on the raw bits is an exact select: bits * keep zeroes the fixed entries,
-        # then adding fixed_bits (zero on trainable entries) writes the stored bits back. One fused
-        # call per list keeps the per-tensor Python overhead out of small models.
-        bits, keeps, bits_with_values, fixed_bits = self._restore_lists()
-        torch._foreach_mul_(bits, keeps)
-        if fixed_bits:
-            torch._foreach_add_(bits_with_values, fixed_bits)
+        # Integer arithmetic on the raw bits is an exact select: fixed_bits + bits * keep keeps the bits
+        # of trainable entries and puts back the stored bits of fixed ones. `addcmul` does it in one pass
+        # over the parameter, which is faster than `_foreach_mul_` then `_foreach_add_` once the
+        # parameters no longer fit in cache (measured in benchmarks/restore_strategies.py).
+        for bits, keep, fixed_bits in self._restore_items():
+            if fixed_bits is None:
+                bits.mul_(keep)
+            else:
+                torch.addcmul(fixed_bits, bits, keep, out=bits)
 
     @torch.no_grad()
     def zero_fixed_gradients(self) -> None:

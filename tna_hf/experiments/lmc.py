@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=10, help="Epochs on image datasets (paper: 10).")
     parser.add_argument("--poly_epochs", type=int, default=100, help="Epochs on the polynomial sets (paper: 100).")
     parser.add_argument("--text_epochs", type=int, default=20, help="Epochs on text (paper: 20).")
-    parser.add_argument("--batch_size", type=int, default=128, help="Batch size on images and text.")
+    parser.add_argument("--batch_size", type=int, default=128, help="Batch size on images.")
+    parser.add_argument("--poly_batch_size", type=int, default=10, help="Batch size on the polynomial sets.")
+    parser.add_argument("--text_batch_size", type=int, default=32, help="Batch size on text.")
     parser.add_argument("--learning_rate", type=float, default=None, help="Override the image learning rate (paper: 0.1).")
     parser.add_argument("--train_size", type=int, default=None, help="Class-balanced training subset (None: all).")
     parser.add_argument("--test_size", type=int, default=None, help="Class-balanced test subset (None: all).")
@@ -144,9 +146,9 @@ class Runner:
     def loop_config(self, data: TensorData) -> LoopConfig:
         args = self.args
         if data.task == "regression":
-            return default_loop_config("polynomial", epochs=args.poly_epochs)
+            return default_loop_config("polynomial", epochs=args.poly_epochs, batch_size=args.poly_batch_size)
         if data.vocab_size is not None:
-            return default_loop_config("text", epochs=args.text_epochs, batch_size=args.batch_size)
+            return default_loop_config("text", epochs=args.text_epochs, batch_size=args.text_batch_size)
         overrides = {"epochs": args.epochs, "batch_size": args.batch_size}
         if args.learning_rate is not None:
             overrides["learning_rate"] = args.learning_rate

@@ -366,6 +366,10 @@ def run_arm(
             }
         )
         del model
+        tqdm.write(
+            f"[{ARM_NAMES[arm]}] {name}: held-out accuracy {100 * ingredients[-1]['holdout_accuracy']:.1f} %, "
+            f"test accuracy {100 * ingredients[-1]['test_accuracy']:.1f} %"
+        )
 
     # Soups load into one scratch copy of the model; ingredients stream from their checkpoint folders.
     scratch = copy.deepcopy(template)
