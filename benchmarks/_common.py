@@ -81,7 +81,7 @@ def build_roberta(device: str, batch_size: int = 32, seq_len: int = 128, vocab_s
     return ModelCase("roberta_h256_l4", model, inputs, _hf_loss)
 
 
-def build_vit_b32(device: str, batch_size: int = 128, seed: int = 0) -> ModelCase:
+def build_vit_b32(device: str, batch_size: int = 256, seed: int = 0) -> ModelCase:
     """Build timm's ViT-B/32 at 224 px (88M parameters), randomly initialized, trained under bf16 autocast."""
     import timm
 

@@ -62,7 +62,9 @@ class RestoreStrategy:
     """Stores what one strategy needs at construction and writes it back in `restore`."""
 
     def __init__(self, model: torch.nn.Module, masks: dict):
-        self.items = [(param, masks[name]) for name, param in model.named_parameters() if name in masks]
+        self.items = [
+            (param, masks[name].to(param.device)) for name, param in model.named_parameters() if name in masks
+        ]
         self.initial_bits = [param.detach().clone().view(_BITS[param.element_size()]) for param, _ in self.items]
 
     def restore(self) -> None:
