@@ -137,7 +137,7 @@ def measure_mask_file(case: ModelCase, rho: float) -> dict:
 
 
 def _cpu_peak_bytes(fn) -> int:
-    """Upper bound of the peak of (allocated - freed) CPU bytes while `fn` runs, from the profiler.
+    """Return an upper bound of the peak of (allocated - freed) CPU bytes while `fn` runs, from the profiler.
 
     The profiler reports each operator's own allocations net of its own frees, and frees outside any
     operator as "[memory]" events. Counting a net allocation at the operator's start and a net free at its

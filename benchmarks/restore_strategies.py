@@ -21,11 +21,17 @@ with fused AdamW.
   torch has no `_foreach` bitwise kernels, so the `_foreach` strategies select with integer arithmetic
   on the raw bits (`bits * keep + fixed_bits`), which is exact because `keep` is 0 or 1.
 
-* gradient-hook strategies (no restore, so only the hook differs): `clone_index_put` (clone, then
-  `index_put_` zeros at int32 indices), `where_scalar` (`torch.where(keep, g, 0)`), `mul_bits_bool`
-  (what `MaskedUpdate` does), `mul_bits_int32`, and `post_accumulate_in_place` (zero `.grad` in place
-  from `register_post_accumulate_grad_hook`: no new tensor, but not used by `MaskedUpdate`, see its
-  module docstring).
+* gradient-hook strategies, with no restore so that only the hook differs:
+
+  | strategy | operation |
+  | --- | --- |
+  | `clone_index_put` | clone, then `index_put_` zeros at int32 indices |
+  | `where_scalar` | `torch.where(keep, g, 0)` |
+  | `mul_bits_bool` | `g_bits * keep` with the bool mask, a new tensor (what `MaskedUpdate` does) |
+  | `mul_bits_int32` | the same with an int32 `keep` |
+  | `post_accumulate_in_place` | zero `.grad` in place from `register_post_accumulate_grad_hook` |
+
+  The last one needs no new tensor, but `MaskedUpdate` does not use it: its module docstring says why.
 
 Usage:
 

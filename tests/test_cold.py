@@ -84,6 +84,7 @@ def make_args(tmp_path, local_steps=2):
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
+        dataloader_pin_memory=False,
     )
 
 

@@ -133,7 +133,9 @@ def test_make_loader_order_follows_seed():
     targets = torch.arange(20)
 
     def order(seed):
-        return torch.cat([batch_targets for _, batch_targets in make_loader(inputs, targets, 5, shuffle=True, seed=seed)])
+        return torch.cat(
+            [batch_targets for _, batch_targets in make_loader(inputs, targets, 5, shuffle=True, seed=seed)]
+        )
 
     assert torch.equal(order(3), order(3))
     assert not torch.equal(order(3), order(4))

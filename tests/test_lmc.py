@@ -7,7 +7,8 @@ import pytest
 import torch
 import yaml
 
-from tna_hf.experiments.lmc import format_table, layer_patterns, main, parse_args
+from tna_hf.experiments.lmc import layer_patterns, main, parse_args
+from tna_hf.experiments.lmc_report import format_table
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -25,7 +26,9 @@ ONE_SEED = [*TINY, "--seeds", "0"]
 def test_rho_sweep_tiny(tmp_path, capsys):
     # The CI config, with two seeds so the std is over real repeats.
     config = os.path.join(os.path.dirname(__file__), "..", "configs", "lmc_tiny.yaml")
-    results = main(["--config", config, "--rhos", "0.5", "--seeds", "0", "1", "--no_progress", "--output_dir", str(tmp_path)])
+    results = main(
+        ["--config", config, "--rhos", "0.5", "--seeds", "0", "1", "--no_progress", "--output_dir", str(tmp_path)]
+    )
     assert results["args"]["dataset"] == "digits"
     methods = [(row["method"], row["rho"]) for row in results["rows"]]
     assert methods == [("vanilla", 0.0), ("TNA-PFN", 0.5), ("prune", 0.5)]
@@ -35,7 +38,10 @@ def test_rho_sweep_tiny(tmp_path, capsys):
         assert 0.0 <= barrier["mean"] <= 1.0
         assert row["metrics"]["average_accuracy"]["mean"] > 0.3, "two epochs on digits should beat chance (0.1)"
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["rows"][1]["metrics"]["accuracy_barrier"]["mean"] == results["rows"][1]["metrics"]["accuracy_barrier"]["mean"]
+    assert (
+        saved["rows"][1]["metrics"]["accuracy_barrier"]["mean"]
+        == results["rows"][1]["metrics"]["accuracy_barrier"]["mean"]
+    )
     assert (tmp_path / "curves.png").is_file()
     assert (tmp_path / "rho_sweep_mlp_h1_w16_TNA-PFN.png").is_file()
     assert "±" in capsys.readouterr().out
@@ -56,11 +62,32 @@ def test_multi_model_tiny(tmp_path):
 
 
 def test_tasks_tiny(tmp_path):
-    results = main([
-        "--experiment", "tasks", "--tasks", "poly2", "rotten_tomatoes", "--poly_epochs", "2", "--text_epochs", "1",
-        "--text_train_size", "300", "--test_size", "100", "--lstm_hidden", "16", "--max_length", "16",
-        "--seeds", "0", "--no_progress", "--output_dir", str(tmp_path),
-    ])
+    results = main(
+        [
+            "--experiment",
+            "tasks",
+            "--tasks",
+            "poly2",
+            "rotten_tomatoes",
+            "--poly_epochs",
+            "2",
+            "--text_epochs",
+            "1",
+            "--text_train_size",
+            "300",
+            "--test_size",
+            "100",
+            "--lstm_hidden",
+            "16",
+            "--max_length",
+            "16",
+            "--seeds",
+            "0",
+            "--no_progress",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     assert [row["dataset"] for row in results["rows"]] == ["poly2", "poly2", "rotten_tomatoes", "rotten_tomatoes"]
     assert "accuracy_barrier" not in results["rows"][0]["metrics"], "regression has no accuracy"
     assert results["rows"][0]["metrics"]["loss_barrier"]["mean"] >= 0.0
@@ -68,9 +95,19 @@ def test_tasks_tiny(tmp_path):
 
 
 def test_depth_width_and_layerwise_tiny(tmp_path):
-    results = main([
-        "--experiment", "depth_width", "--depths", "1", "--widths", "16", *ONE_SEED, "--output_dir", str(tmp_path / "dw"),
-    ])
+    results = main(
+        [
+            "--experiment",
+            "depth_width",
+            "--depths",
+            "1",
+            "--widths",
+            "16",
+            *ONE_SEED,
+            "--output_dir",
+            str(tmp_path / "dw"),
+        ]
+    )
     assert sorted({row["model"] for row in results["rows"]}) == ["mlp_h1_w200", "mlp_h2_w16"]
     assert (tmp_path / "dw" / "barrier_vs_width.png").is_file()
     results = main(["--experiment", "layerwise", *ONE_SEED, "--output_dir", str(tmp_path / "lw")])
@@ -102,7 +139,15 @@ def test_layer_patterns():
 
 
 def test_format_table_mean_and_std():
-    rows = [{"model": "m", "rho": 0.4, "metrics": {"accuracy_barrier": {"mean": 0.25, "std": 0.05, "values": []},
-                                                     "average_accuracy": {"mean": 0.9, "std": 0.01, "values": []}}}]
+    rows = [
+        {
+            "model": "m",
+            "rho": 0.4,
+            "metrics": {
+                "accuracy_barrier": {"mean": 0.25, "std": 0.05, "values": []},
+                "average_accuracy": {"mean": 0.9, "std": 0.01, "values": []},
+            },
+        }
+    ]
     table = format_table(rows)
     assert "| m | 0.4 | 90.0 ± 1.0 | 0.250 ± 0.050 |" in table

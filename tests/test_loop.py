@@ -30,7 +30,11 @@ def mlp(data):
 def test_domain_defaults_follow_appendix():
     image = default_loop_config("image")
     assert (image.optimizer, image.learning_rate, image.momentum, image.weight_decay, image.epochs) == (
-        "sgd", 0.1, 0.9, 5e-4, 10
+        "sgd",
+        0.1,
+        0.9,
+        5e-4,
+        10,
     )
     polynomial = default_loop_config("polynomial")
     assert (polynomial.learning_rate, polynomial.epochs, polynomial.task) == (0.05, 100, "regression")
@@ -46,8 +50,13 @@ def test_fixed_entries_stay_fixed(digits, mode):
     masks = build_masks(model, TNAConfig(rho=0.4, seed=0))
     initial = {name: param.detach().clone() for name, param in model.named_parameters()}
     result = train_model(
-        model, digits.train_inputs, digits.train_targets, default_loop_config("image", epochs=2), seed=0,
-        masks=masks, mode=mode,
+        model,
+        digits.train_inputs,
+        digits.train_targets,
+        default_loop_config("image", epochs=2),
+        seed=0,
+        masks=masks,
+        mode=mode,
     )
     assert result.steps == 2 * 5  # 600 examples, batch 128
     for name, param in model.named_parameters():
@@ -74,8 +83,14 @@ def test_same_seed_same_model_other_seed_differs(digits):
 def test_protocol_shares_initial_checkpoint_and_mask(digits, tmp_path):
     config = default_loop_config("image", epochs=1)
     group = train_from_initial(
-        lambda: mlp(digits), digits.train_inputs, digits.train_targets, config, seed=7,
-        tna_config=TNAConfig(rho=0.4, seed=7), num_models=3, checkpoint_dir=tmp_path,
+        lambda: mlp(digits),
+        digits.train_inputs,
+        digits.train_targets,
+        config,
+        seed=7,
+        tna_config=TNAConfig(rho=0.4, seed=7),
+        num_models=3,
+        checkpoint_dir=tmp_path,
     )
     assert group.seeds == [7, 8, 9]
     assert (tmp_path / "tna_init.json").is_file()
@@ -95,8 +110,12 @@ def test_protocol_shares_initial_checkpoint_and_mask(digits, tmp_path):
 
 def test_vanilla_protocol_has_no_mask(digits):
     group = train_from_initial(
-        lambda: mlp(digits), digits.train_inputs, digits.train_targets, default_loop_config("image", epochs=1),
-        seed=0, tna_config=TNAConfig(rho=0.0),
+        lambda: mlp(digits),
+        digits.train_inputs,
+        digits.train_targets,
+        default_loop_config("image", epochs=1),
+        seed=0,
+        tna_config=TNAConfig(rho=0.0),
     )
     assert group.masks is None
     assert group.results[0].mask_fingerprint is None
@@ -106,7 +125,9 @@ def test_regression_training_lowers_loss():
     data = load_tensor_data("poly2")
     torch.manual_seed(0)
     model = build_model("poly_mlp_w32")
-    result = train_model(model, data.train_inputs, data.train_targets, default_loop_config("polynomial", epochs=30), seed=0)
+    result = train_model(
+        model, data.train_inputs, data.train_targets, default_loop_config("polynomial", epochs=30), seed=0
+    )
     assert result.epoch_losses[-1] < 0.5 * result.epoch_losses[0]
 
 

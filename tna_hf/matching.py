@@ -85,7 +85,9 @@ def cnn_permutation_spec(model: SimpleCNN) -> PermutationSpec:
         "conv2.bias": ParameterAxes(("P_conv2",)),
         "conv3.weight": ParameterAxes(("P_conv3", "P_conv2", None, None)),
         "conv3.bias": ParameterAxes(("P_conv3",)),
-        "fc1.weight": ParameterAxes(("P_fc1", "P_conv3", None), (model.fc1.out_features, model.conv3.out_channels, spatial)),
+        "fc1.weight": ParameterAxes(
+            ("P_fc1", "P_conv3", None), (model.fc1.out_features, model.conv3.out_channels, spatial)
+        ),
         "fc1.bias": ParameterAxes(("P_fc1",)),
         "fc2.weight": ParameterAxes((None, "P_fc1")),
         "fc2.bias": ParameterAxes((None,)),
@@ -205,7 +207,7 @@ def weight_matching(
     rng = np.random.default_rng(seed)
 
     iterations = 0
-    for iterations in range(1, max_iterations + 1):
+    for iterations in range(1, max_iterations + 1):  # noqa: B007 (the count after the loop is the result)
         improved = False
         for permutation in rng.permutation(spec.permutation_names):
             size = spec.sizes[permutation]

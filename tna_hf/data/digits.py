@@ -8,7 +8,9 @@ import torch
 from .mnist import stratified_split
 
 
-def load_digits_split(split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def load_digits_split(
+    split: str = "train", test_fraction: float = 0.2, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Load one seeded stratified split of the digits dataset.
 
     Args:

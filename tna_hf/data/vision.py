@@ -197,7 +197,9 @@ def load_tensor_data(
     test_keep = balanced_subset(test_y, test_size, seed)
     train_x, test_x = _standardize_images(train_x[train_keep], test_x[test_keep])
     num_classes = int(train_y.max()) + 1
-    return TensorData(key, train_x, train_y[train_keep], test_x, test_y[test_keep], tuple(train_x.shape[1:]), num_classes)
+    return TensorData(
+        key, train_x, train_y[train_keep], test_x, test_y[test_keep], tuple(train_x.shape[1:]), num_classes
+    )
 
 
 def make_loader(

