@@ -60,6 +60,8 @@ def test_masked_step_reports_ratio_bits_and_memory(tmp_path):
     assert output.is_file()
     assert mlp["step"]["fused_cpu"]["ratio_of_medians"] > 0
     assert mlp["step"]["forloop_cpu"]["ratio_of_medians"] > 0
+    assert mlp["step"]["components"]["restore_ms"] > 0
+    assert mlp["step"]["components"]["hooks_ms"] > 0
     # One bit per entry plus the header: 199,210 entries pack into 24,902 bytes.
     assert mlp["mask_file"]["payload_bits_per_entry"] == pytest.approx(1.0, abs=1e-4)
     assert 1.0 < mlp["mask_file"]["bits_per_entry"] < 1.05
