@@ -109,14 +109,15 @@ def test_config_file_then_command_line(tmp_path):
 def test_seed_variation_settings():
     settings = SoupArguments(num_ingredients=3, seed=5).ingredient_settings()
     assert [setting["seed"] for setting in settings] == [5, 6, 7]
-    assert {setting["learning_rate"] for setting in settings} == {1e-3}
+    assert {setting["learning_rate"] for setting in settings} == {3e-4}
 
 
-@pytest.mark.parametrize("name", sorted(os.listdir("configs")))
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+@pytest.mark.parametrize("name", sorted(name for name in os.listdir(CONFIG_DIR) if name.startswith("soup_")))
 def test_shipped_configs_parse(name):
-    if not name.startswith("soup_"):
-        pytest.skip("not a soup config")
-    arguments = parse_arguments(["--config", os.path.join("configs", name)])
+    arguments = parse_arguments(["--config", os.path.join(CONFIG_DIR, name)])
     assert arguments.num_ingredients == 5
     assert arguments.rho == 0.4
 
@@ -270,7 +271,8 @@ def test_driver_on_tiny_vit_with_lr_variation(tmp_path):
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model_dir)
 
     argv = [
-        "--model", f"hf:{model_dir}", "--image_size", "32", "--vary", "lr", "--channels_last", "false",
+        "--model", f"hf:{model_dir}", "--image_size", "32", "--vary", "lr", "--learning_rate", "0.001",
+        "--channels_last", "false",
         "--output_dir", str(tmp_path / "out"), *TINY_SETTINGS,
     ]
     results = main(argv)

@@ -462,7 +462,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         },
     }
     _write_json(results, os.path.join(args.output_dir, "results.json"))
-    heading = f"{args.experiment} on {args.dataset} (mean ± std over seeds a = {args.seeds}), {wall_time:.0f} s"
+    data_names = ", ".join(args.tasks) if args.experiment == "tasks" else args.dataset
+    heading = f"{args.experiment} on {data_names} (mean ± std over seeds a = {args.seeds}), {wall_time:.0f} s"
     print(f"\n{heading}")  # noqa: T201
     print(table)  # noqa: T201
     return results

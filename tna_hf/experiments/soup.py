@@ -97,7 +97,7 @@ class SoupArguments:
     )
     max_steps: int = field(default=200, metadata={"help": "Optimizer steps per ingredient."})
     batch_size: int = field(default=64, metadata={"help": "Training batch size."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate (with --vary seed)."})
+    learning_rate: float = field(default=3e-4, metadata={"help": "Peak AdamW learning rate (with --vary seed)."})
     learning_rates: Optional[list[float]] = field(
         default=None,
         metadata={
