@@ -23,7 +23,7 @@ from tna_hf.data.text_tasks import (
     load_twitter_sentiment,
 )
 from tna_hf.experiments.cold_evaluation import tokenize_split
-from tna_hf.experiments.cold_fusion import main, parse_arguments
+from tna_hf.experiments.cold_fusion import main, parse_arguments, prepare_tasks
 from tna_hf.fusion.cold import (
     ColdFusion,
     Contributor,
@@ -305,6 +305,17 @@ def test_unknown_task_and_split_rejected():
         load_text_task("imdb")
     with pytest.raises(ValueError, match="split must be one of"):
         load_bbc_news("validation")
+
+
+def test_refit_examples_mix_classes(tokenizer):
+    # BBC News is read topic by topic, so an unshuffled subset would give the refit a single class.
+    arguments = parse_arguments(["--tasks", "bbc_news", "--max_train_samples", "64", "--max_eval_samples", "8"])
+    arguments.head_refit_samples = 16
+    (prepared,) = prepare_tasks(arguments, [load_text_task("bbc_news")], tokenizer, with_token_type_ids=True)
+    refit_labels = torch.cat([batch["labels"] for batch in prepared.refit_batches])
+    assert len(refit_labels) == 16
+    assert len(set(refit_labels.tolist())) >= 3, f"refit examples cover the classes {set(refit_labels.tolist())}"
+    assert prepared.num_test == 8
 
 
 def test_arguments_validation(tmp_path):

@@ -138,6 +138,21 @@ def test_layer_patterns():
         layer_patterns("lstm")
 
 
+@pytest.mark.parametrize(
+    ("model_name", "in_shape"), [("mlp_h2_w200", (1, 28, 28)), ("cnn", (1, 28, 28)), ("resnet20", (3, 32, 32))]
+)
+def test_layer_patterns_match_parameters(model_name, in_shape):
+    from tna_hf import TNAConfig, build_masks
+    from tna_hf.models import build_model
+
+    model = build_model(model_name, in_shape=in_shape, num_classes=10)
+    for variant, patterns in layer_patterns(model_name).items():
+        masks = build_masks(model, TNAConfig(rho=0.4, target_patterns=patterns))
+        assert masks, f"{model_name} {variant}: no parameter targeted"
+        if patterns is not None:
+            assert len(masks) < len(dict(model.named_parameters())), f"{model_name} {variant} targets every layer"
+
+
 def test_format_table_mean_and_std():
     rows = [
         {

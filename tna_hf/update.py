@@ -19,14 +19,13 @@ integer arithmetic, which copies every bit pattern (NaN, inf, -0.0) unchanged. P
     restore:        param_bits = fixed_bits + param_bits * keep      (one `addcmul` per tensor)
 
 These are plain elementwise kernels, so they work for any memory layout (channels_last included) and
-any device. On the 2-core
-development CPU they are several times faster than scattering by index (`index_put_`) or a boolean
-`torch.where`; `benchmarks/restore_strategies.py` measures the alternatives and `docs/benchmarks.md`
-records the numbers. The memory cost is 1 byte (`keep`) plus one element (`fixed_bits`) per targeted
-entry, whatever rho is. That is 5 bytes for float32 and 3 bytes for bfloat16. In `prune` mode the
-fixed values are +0.0, so only `keep` is stored. For a contiguous parameter on the CPU, `keep` is the
-caller's mask tensor itself. An index-based layout would need rho * (8 + element size) bytes, which is
-less only below rho = 1/3 in float32.
+any device. On the 2-core development CPU they add 3 to 5 times less to an MLP step than scattering by
+index (`index_put_`) or a boolean `torch.where`. `benchmarks/restore_strategies.py` measures the
+alternatives, and `docs/benchmarks.md` records the numbers. The memory cost is 1 byte (`keep`) plus
+one element (`fixed_bits`) per targeted entry, whatever rho is. That is 5 bytes for float32 and
+3 bytes for bfloat16. In `prune` mode the fixed values are +0.0, so only `keep` is stored. An
+index-based layout would need rho * (8 + element size) bytes, which is less only below rho = 1/3 in
+float32.
 
 Why a tensor hook that returns a new tensor. A hook registered with `Tensor.register_hook` on a leaf
 runs before the leaf's `AccumulateGrad` node adds the gradient to `.grad`, so it runs before anything
@@ -93,12 +92,9 @@ class _FixedEntries:
         self._param_bits: Optional[torch.Tensor] = None
         self.fixed_bits: Optional[torch.Tensor] = None
 
-        # A mask on the parameter's device with the parameter's strides is used as it is. Otherwise it is
-        # copied into the parameter's device and layout, so that the kernels walk both tensors alike.
-        if mask.device == param.device and mask.stride() == param.stride():
-            self.keep = mask
-        else:
-            self.keep = torch.empty_like(param.data, dtype=torch.bool).copy_(mask)
+        # A private copy, so that later in-place changes to the caller's mask cannot change the masking.
+        # It has the parameter's device and layout, so that the kernels walk both tensors alike.
+        self.keep = torch.empty_like(param.data, dtype=torch.bool).copy_(mask)
 
         param_bits = self.param_bits()
         if prune:
@@ -228,7 +224,7 @@ class MaskedUpdate:
         return self.num_fixed() / total if total else 0.0
 
     def _buffer_nbytes(self) -> int:
-        """Return the bytes of the select buffers; on the CPU `keep` may be the caller's mask tensor itself."""
+        """Return the bytes of the select buffers (`keep` and `fixed_bits`)."""
         return sum(entries.nbytes() for entries in self._entries.values())
 
     # ------------------------------------------------------------------ hooks
