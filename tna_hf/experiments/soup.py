@@ -97,7 +97,7 @@ class SoupArguments:
     )
     max_steps: int = field(default=200, metadata={"help": "Optimizer steps per ingredient."})
     batch_size: int = field(default=64, metadata={"help": "Training batch size."})
-    learning_rate: float = field(default=3e-4, metadata={"help": "Peak AdamW learning rate (with --vary seed)."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate (with --vary seed)."})
     learning_rates: Optional[list[float]] = field(
         default=None,
         metadata={
@@ -236,7 +236,7 @@ def fit_linear_probe(
     """Fit the model's head on frozen backbone features with AdamW and return its training accuracy.
 
     The features are computed once in eval mode (the backbone does not change), so the probe costs one
-    forward pass over the training subset plus a few seconds of logistic regression.
+    forward pass over the training subset plus a logistic regression on the cached features.
     """
     features, labels = _extract_features(model, loader)
     head = model.head

@@ -42,15 +42,19 @@ def format_table(results: dict) -> str:
         "| Dataset / Type of Soup | Metrics | Vanilla Train | TNA-PFN |",
         "| --- | --- | --- | --- |",
     ]
+
     for index, (row, value) in enumerate(ROWS):
         first = block if index == 0 else ""
         vanilla_value, tna_value = value(vanilla), value(tna)
         delta = _delta(tna_value, vanilla_value)
         lines.append(f"| {first} | {row} | {100 * vanilla_value:.1f} | {100 * tna_value:.1f} {delta} |")
+
+    # Notes under the table: the shared start, the greedy soups' choices, BatchNorm handling, wall time.
     initial = results["initial_checkpoint"]["test_accuracy"]
     lines.append("")
     lines.append(f"Initial checkpoint (shared start, linear-probe head): {100 * initial:.1f} %.")
-    for arm_key, arm in results["arms"].items():
+    for arm_key in ARM_NAMES:
+        arm = results["arms"][arm_key]
         accepted = ", ".join(arm["greedy_soup"]["accepted"])
         lines.append(
             f"{ARM_NAMES[arm_key]}: greedy soup kept {len(arm['greedy_soup']['accepted'])} of "
@@ -58,7 +62,9 @@ def format_table(results: dict) -> str:
             f"best ingredient {100 * arm['best_test_accuracy']:.1f} %."
         )
     lines.append(f"BatchNorm: {results['batchnorm']}.")
-    lines.append(f"Wall time {results['wall_time_seconds'] / 60:.1f} min on {results['torch_threads']} torch threads.")
+    threads = results["torch_threads"]
+    plural = "s" if threads != 1 else ""
+    lines.append(f"Wall time {results['wall_time_seconds'] / 60:.1f} min with {threads} torch thread{plural}.")
     return "\n".join(lines)
 
 
@@ -81,7 +87,9 @@ def plot_results(results: dict, path: str) -> None:
     figure, axis = plt.subplots(figsize=(6.4, 4.0))
     bar_labels = ("Avg. Acc.", "Uniform Soup", "Greedy Soup")
     width = 0.25
-    for arm_index, arm in enumerate(results["arms"].values()):
+    # Fixed arm order: results.json stores its keys sorted, which would put TNA-PFN first.
+    arms = [results["arms"][key] for key in ARM_NAMES]
+    for arm_index, arm in enumerate(arms):
         values = [100 * value(arm) for _, value in ROWS]
         positions = [arm_index + (offset - 1) * width for offset in range(len(values))]
         bars = axis.bar(positions, values, width=width * 0.9, color=["#9e9e9e", "#4c72b0", "#dd8452"])
@@ -90,19 +98,20 @@ def plot_results(results: dict, path: str) -> None:
             axis.annotate(f"{value:.1f}", (center, value), ha="center", va="bottom", fontsize=8)
         ingredients = [100 * ingredient["test_accuracy"] for ingredient in arm["ingredients"]]
         axis.scatter([positions[0]] * len(ingredients), ingredients, color="black", s=12, zorder=3)
-    all_values = [
-        100 * value(arm) for arm in results["arms"].values() for _, value in ROWS
-    ] + [100 * ingredient["test_accuracy"] for arm in results["arms"].values() for ingredient in arm["ingredients"]]
+    all_values = [100 * value(arm) for arm in arms for _, value in ROWS]
+    all_values += [100 * ingredient["test_accuracy"] for arm in arms for ingredient in arm["ingredients"]]
     low = min(all_values)
     high = max(all_values)
     margin = max(1.0, (high - low) * 0.3)
     axis.set_ylim(max(0.0, math.floor(low - margin)), min(100.0, math.ceil(high + margin)))
-    axis.set_xticks(range(len(results["arms"])))
-    axis.set_xticklabels([ARM_NAMES[key] for key in results["arms"]])
+    axis.set_xticks(range(len(arms)))
+    axis.set_xticklabels(list(ARM_NAMES.values()))
     axis.set_ylabel("test accuracy (%)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=color) for color in ("#9e9e9e", "#4c72b0", "#dd8452")]
     handles.append(plt.Line2D([], [], marker="o", color="black", linestyle="", markersize=4))
-    axis.legend(handles, [*bar_labels, "ingredients"], fontsize=8, loc="lower right")
+    axis.legend(
+        handles, [*bar_labels, "ingredients"], fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4
+    )
     dataset = DATASET_NAMES.get(results["dataset"], results["dataset"])
     axis.set_title(f"Model soup, {dataset} / Diff_{results['vary']}", fontsize=10)
     figure.tight_layout()
