@@ -109,7 +109,7 @@ def test_config_file_then_command_line(tmp_path):
 def test_seed_variation_settings():
     settings = SoupArguments(num_ingredients=3, seed=5).ingredient_settings()
     assert [setting["seed"] for setting in settings] == [5, 6, 7]
-    assert {setting["learning_rate"] for setting in settings} == {1e-3}
+    assert {setting["learning_rate"] for setting in settings} == {3e-4}
 
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")

@@ -64,7 +64,8 @@ def format_table(results: dict) -> str:
     lines.append(f"BatchNorm: {results['batchnorm']}.")
     threads = results["torch_threads"]
     plural = "s" if threads != 1 else ""
-    lines.append(f"Wall time {results['wall_time_seconds'] / 60:.1f} min with {threads} torch thread{plural}.")
+    seconds = results["wall_time_seconds"]
+    lines.append(f"Wall time {seconds / 60:.1f} min ({seconds:.0f} s) with {threads} torch thread{plural}.")
     return "\n".join(lines)
 
 
