@@ -2,7 +2,7 @@
 
 With no arguments: the paper's rho sweep (Figure 2) for MLP_h2_w200 on Fashion-MNIST at full size
 (60,000 training images, 10 epochs, seeds a = 0, 10, 20). `--config configs/lmc_*.yaml` runs one
-table or figure at the sizes of docs/results_lmc.md, for example
+table or figure at the sizes of docs/results.md, for example
 
     accelerate launch examples/lmc.py --config configs/lmc_headline.yaml
 
