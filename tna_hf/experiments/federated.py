@@ -29,7 +29,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-import yaml
 
 from ..checkpoint import ensure_initial_checkpoint
 from ..federated.algorithms import get_algorithm
@@ -37,6 +36,7 @@ from ..federated.data import load_federated_data
 from ..federated.partitions import dirichlet_partition, load_or_create_participation
 from ..federated.simulation import FederatedConfig, FederatedSimulation
 from ..models import build_model
+from ._config_file import set_defaults_from_config_file
 
 logger = logging.getLogger(__name__)
 
@@ -94,17 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """Parse the command line; a `--config` YAML file sets defaults that explicit options override."""
     parser = build_parser()
-    known, _ = parser.parse_known_args(argv)
-    if known.config:
-        with open(known.config, encoding="utf-8") as handle:
-            defaults = yaml.safe_load(handle) or {}
-        valid = {action.dest for action in parser._actions}
-        unknown = sorted(set(defaults) - valid)
-        if unknown:
-            raise ValueError(
-                f"{known.config} sets unknown options {unknown}. Valid options: {sorted(valid - {'help'})}."
-            )
-        parser.set_defaults(**defaults)
+    set_defaults_from_config_file(parser, argv)
     args = parser.parse_args(argv)
     for name, kind in _LIST_ARGUMENTS.items():
         value = getattr(args, name)

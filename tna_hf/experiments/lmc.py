@@ -32,7 +32,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from tna_hf.config import TNAConfig
@@ -42,6 +41,7 @@ from tna_hf.matching import permutation_spec_for, weight_matching
 from tna_hf.metrics import evaluate_interpolation, multi_model_barrier
 from tna_hf.models import build_model
 
+from ._config_file import set_defaults_from_config_file
 from .lmc_report import _write_json, format_table, save_plots
 
 logger = logging.getLogger(__name__)
@@ -111,17 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """Parse `argv`, with defaults taken from the YAML file named by `--config` when given."""
     parser = build_parser()
-    first, _ = parser.parse_known_args(argv)
-    if first.config:
-        with open(first.config, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
-        known = {action.dest for action in parser._actions}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"Unknown keys {unknown} in {first.config}; valid keys: {sorted(known - {'help', 'config'})}."
-            )
-        parser.set_defaults(**values)
+    set_defaults_from_config_file(parser, argv)
     args = parser.parse_args(argv)
     for method in args.methods:
         if method not in ("fix", "prune"):

@@ -23,13 +23,12 @@ while the BatchNorm affine weights train (and are masked) like every other param
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import torch
@@ -50,6 +49,7 @@ from ..data.images import (
 from ..fusion import greedy_soup, uniform_soup
 from ..masks import build_masks, mask_fingerprint, save_masks
 from ..models.pretrained import EFFICIENTNET_LITE0_NAME, ImageClassifier, build_image_classifier
+from ._config_file import set_defaults_from_config_file
 from .soup_report import ARM_NAMES, format_table, plot_results, write_json
 
 logger = logging.getLogger(__name__)
@@ -182,21 +182,10 @@ def parse_arguments(argv: Optional[list[str]] = None) -> SoupArguments:
     Raises:
         ValueError: The YAML file has keys that are not options (listed with the valid ones).
     """
-    import yaml
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(SoupArguments, description="Model soups with and without TNA-PFN.")
-    config_parser = argparse.ArgumentParser(add_help=False)
-    config_parser.add_argument("--config")
-    known, _ = config_parser.parse_known_args(argv)
-    if known.config:
-        with open(known.config, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
-        valid = {item.name for item in fields(SoupArguments)} - {"config"}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ValueError(f"{known.config} has unknown options {unknown}; valid options are {sorted(valid)}.")
-        parser.set_defaults(**values)
+    set_defaults_from_config_file(parser, argv)
     (arguments,) = parser.parse_args_into_dataclasses(args=argv)
     return arguments
 
