@@ -30,7 +30,7 @@ def test_every_exported_name_resolves():
 
 def test_unknown_attribute_error():
     with pytest.raises(AttributeError, match="has no attribute 'not_a_name'"):
-        tna_hf.not_a_name
+        _ = tna_hf.not_a_name
 
 
 def test_masking_core_imports_no_trainer_or_fusion():
