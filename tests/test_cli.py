@@ -42,3 +42,20 @@ def test_experiment_subcommands_show_their_options(command):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage:" in result.stdout
+
+
+def test_inspect_vanilla_output_without_mask(tmp_path, capsys):
+    TNAConfig(rho=0.0).save_pretrained(tmp_path)
+    assert main(["inspect", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["fraction_fixed"] == 0.0
+    assert report["mask_fingerprint"] is None
+
+
+def test_console_entry_reports_errors_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "tna_hf.cli", "inspect", str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("tna: error: No tna_config.json found")
+    assert "Traceback" not in result.stderr

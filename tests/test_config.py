@@ -82,3 +82,23 @@ def test_usable_by_hf_argument_parser():
     (config,) = HfArgumentParser(TNAConfig).parse_args_into_dataclasses(["--rho", "0.3", "--mode", "prune"])
     assert config.rho == 0.3
     assert config.mode == "prune"
+
+
+def test_numpy_scalars_accepted():
+    import numpy as np
+
+    config = TNAConfig(rho=np.float32(0.25), seed=np.int64(3))
+    assert config.rho == 0.25
+    assert config.seed == 3
+    assert type(config.seed) is int
+
+
+def test_nan_rho_rejected():
+    with pytest.raises(ValueError, match="rho must satisfy 0 <= rho < 1, got nan"):
+        TNAConfig(rho=float("nan"))
+
+
+def test_corrupt_config_file_error(tmp_path):
+    (tmp_path / "tna_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="tna_config.json is not valid JSON"):
+        TNAConfig.from_pretrained(tmp_path)

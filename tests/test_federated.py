@@ -10,6 +10,7 @@ import torch
 
 from tna_hf import mask_fingerprint
 from tna_hf.experiments.federated import main as federated_main
+from tna_hf.experiments.federated import parse_args as federated_parse_args
 from tna_hf.federated import (
     Aggregator,
     ClientUpdate,
@@ -358,3 +359,23 @@ def test_fedpfn_composes_with_other_aggregator(client_data):
     for name, mask in masks.items():
         assert torch.equal(result.final_state[name][~mask], initial[name][~mask]), f"fixed entries of {name} moved"
         assert not torch.equal(result.final_state[name][mask], initial[name][mask]), f"{name} was not trained"
+
+
+@pytest.mark.parametrize(
+    "rho, algorithms",
+    [("0", ["fedpfn"]), ("-0.1", ["fedavg", "fedpnu"]), ("1", ["fedpruning"]), ("1.5", ["fedpfn_fixed"])],
+)
+def test_masked_algorithm_rho_outside_open_unit_interval_rejected_before_running(tmp_path, capsys, rho, algorithms):
+    output_dir = tmp_path / "out"
+    argv = ["--output_dir", str(output_dir), "--rounds", "1", "--no_plot", "--no_progress", "--rhos", rho]
+    with pytest.raises(SystemExit) as raised:
+        federated_main([*argv, "--algorithms", *algorithms])
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--rhos takes mask ratios with 0 < rho < 1 for the masked algorithms {algorithms[-1]}, got {rho}." in err
+    assert not output_dir.exists()
+
+
+def test_unmasked_algorithms_ignore_rho():
+    args = federated_parse_args(["--rhos", "0", "--algorithms", "fedavg", "fedprox"])
+    assert (args.rhos, args.algorithms) == ([0.0], ["fedavg", "fedprox"])

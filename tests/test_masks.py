@@ -200,3 +200,22 @@ def test_header_lists_names_and_shapes(tmp_path):
         header = handle.metadata()
     assert json.loads(header["names_and_shapes"]) == [[name, list(masks[name].shape)] for name in sorted(masks)]
     assert header["fingerprint"] == mask_fingerprint(masks)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage bytes", b"\x08\x00\x00\x00\x00\x00\x00\x00{"])
+def test_load_unreadable_file_error(tmp_path, content):
+    (tmp_path / "tna_mask.safetensors").write_bytes(content)
+    with pytest.raises(MaskMismatchError, match="is not a readable tna_hf mask file"):
+        load_masks(tmp_path)
+
+
+def test_load_header_without_names_error(tmp_path):
+    masks = build_masks(make_model(), TNAConfig(rho=0.4))
+    path = save_masks(masks, tmp_path)
+    with safe_open(path, framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        bits = handle.get_tensor("mask_bits")
+    del metadata["names_and_shapes"]
+    save_file({"mask_bits": bits}, path, metadata=metadata)
+    with pytest.raises(MaskMismatchError, match="KeyError"):
+        load_masks(tmp_path)

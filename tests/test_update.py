@@ -412,3 +412,14 @@ def test_fraction_fixed_reported():
     update = MaskedUpdate(model, build_masks(model, TNAConfig(rho=0.25)))
     assert update.fraction_fixed() == pytest.approx(0.25, abs=0.01)
     assert update.num_fixed() == sum(round(0.25 * p.numel()) for p in model.parameters())
+
+
+def test_cast_after_set_masks_error():
+    model = torch.nn.Linear(4, 4)
+    masks = build_masks(model, TNAConfig(rho=0.5))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    MaskedUpdate(model, masks).attach(optimizer)
+    model.to(torch.float64)
+    expected = r"changed from torch.float32 to torch.float64 .* call MaskedUpdate.set_masks"
+    with pytest.raises(RuntimeError, match=expected):
+        model(torch.randn(2, 4, dtype=torch.float64)).sum().backward()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from typing import Optional
 
@@ -31,9 +32,18 @@ EXPERIMENTS = {
 def inspect_directory(directory: str) -> dict:
     """Return the TNA config, mask fingerprint and mask statistics saved in `directory`."""
     from .config import TNAConfig
-    from .masks import fraction_fixed, load_masks, mask_fingerprint
+    from .masks import MASK_NAME, fraction_fixed, load_masks, mask_fingerprint
 
     config = TNAConfig.from_pretrained(directory)
+    if config.rho == 0 and not os.path.isfile(os.path.join(directory, MASK_NAME)):
+        # Vanilla outputs (rho 0) carry the config but no mask file.
+        return {
+            "config": config.to_dict(),
+            "mask_fingerprint": None,
+            "targeted_parameters": 0,
+            "targeted_entries": 0,
+            "fraction_fixed": 0.0,
+        }
     masks = load_masks(directory)
     return {
         "config": config.to_dict(),
@@ -64,5 +74,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
+def console_main() -> int:
+    """Entry point of the `tna` script: invalid input ends with a one-line error and exit status 2."""
+    try:
+        return main()
+    except (FileNotFoundError, ValueError) as error:
+        print(f"tna: error: {error}", file=sys.stderr)  # noqa: T201
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(console_main())

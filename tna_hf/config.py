@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import numbers
 import os
 import re
 import warnings
@@ -101,16 +102,17 @@ class TNAConfig:
         if self.exclude_patterns is not None:
             self.exclude_patterns = list(self.exclude_patterns)
 
-        if isinstance(self.rho, bool) or not isinstance(self.rho, (int, float)):
+        if isinstance(self.rho, bool) or not isinstance(self.rho, numbers.Real):
             raise TypeError(f"TNAConfig.rho must be a number in [0, 1), got {self.rho!r}.")
         self.rho = float(self.rho)
-        if not 0.0 <= self.rho < 1.0:
+        if not 0.0 <= self.rho < 1.0:  # also rejects NaN
             raise ValueError(
                 f"TNAConfig.rho must satisfy 0 <= rho < 1, got {self.rho}. "
                 "Use 0 for vanilla training; the paper's default is 0.4."
             )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
             raise ValueError(f"TNAConfig.seed must be a non-negative integer, got {self.seed!r}.")
+        self.seed = int(self.seed)
         if self.mode not in _enum_values(MaskMode):
             raise ValueError(f"TNAConfig.mode must be one of {_enum_values(MaskMode)}, got {self.mode!r}.")
         if self.schedule not in _enum_values(MaskSchedule):
@@ -167,7 +169,12 @@ class TNAConfig:
                 "or MaskedTrainer.save_model."
             )
         with open(path, encoding="utf-8") as handle:
-            payload = json.load(handle)
+            try:
+                payload = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} is not valid JSON ({error}). Write it again with save_pretrained.") from error
+        if not isinstance(payload, dict):
+            raise ValueError(f"{path} must contain a JSON object, got {type(payload).__name__}.")
         payload.pop("tna_hf_version", None)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(payload) - known)

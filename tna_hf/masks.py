@@ -17,7 +17,7 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import TNAConfig
@@ -205,17 +205,22 @@ def load_masks(
         raise FileNotFoundError(
             f"No {MASK_NAME} in {str(directory)!r}. Save masks with save_masks or MaskedTrainer.save_model."
         )
-    with safe_open(path, framework="pt") as handle:
-        header = handle.metadata() or {}
-        if header.get("format_version") != _FORMAT_VERSION or _BITS_KEY not in handle.keys():
-            raise MaskMismatchError(
-                f"{path} is not a tna_hf mask file (format_version={header.get('format_version')!r}, "
-                f"tensors {sorted(handle.keys())}). Write mask files with save_masks."
-            )
-        packed = handle.get_tensor(_BITS_KEY).numpy()
-
-    names_and_shapes = json.loads(header["names_and_shapes"])
-    stored_fingerprint = header["fingerprint"]
+    try:
+        with safe_open(path, framework="pt") as handle:
+            header = handle.metadata() or {}
+            if header.get("format_version") != _FORMAT_VERSION or _BITS_KEY not in handle.keys():
+                raise MaskMismatchError(
+                    f"{path} is not a tna_hf mask file (format_version={header.get('format_version')!r}, "
+                    f"tensors {sorted(handle.keys())}). Write mask files with save_masks."
+                )
+            packed = handle.get_tensor(_BITS_KEY).numpy()
+        names_and_shapes = json.loads(header["names_and_shapes"])
+        stored_fingerprint = header["fingerprint"]
+    except (SafetensorError, KeyError, json.JSONDecodeError) as error:
+        raise MaskMismatchError(
+            f"{path} is not a readable tna_hf mask file ({type(error).__name__}: {error}). "
+            "Write it again with save_masks."
+        ) from error
     if _fingerprint(names_and_shapes, packed) != stored_fingerprint:
         raise MaskMismatchError(f"{path} is corrupt: its bits do not match the fingerprint in its header.")
 

@@ -130,6 +130,11 @@ class _FixedEntries:
                 f"Parameter {self.name!r} received a {grad.layout} gradient; MaskedUpdate masks dense "
                 "gradients only. Use a dense layer (e.g. nn.Embedding(sparse=False)) or exclude the parameter."
             )
+        if grad.dtype != self.dtype:
+            raise RuntimeError(
+                f"Parameter {self.name!r} changed from {self.dtype} to {grad.dtype} after its mask was set; "
+                "call MaskedUpdate.set_masks again after casting it."
+            )
         if self.keep.device != grad.device:
             self.keep = self.keep.to(grad.device)
         return torch.mul(grad.view(self.bits_dtype), self.keep).view(grad.dtype)

@@ -161,7 +161,7 @@ def parse_arguments(argv: Optional[list[str]] = None) -> ColdFusionArguments:
     """
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(ColdFusionArguments, description="ColD fusion with and without TNA-PFN.")
+    parser = HfArgumentParser(ColdFusionArguments, prog="tna cold", description="ColD fusion with and without TNA-PFN.")
     set_defaults_from_config_file(parser, argv)
     (arguments,) = parser.parse_args_into_dataclasses(args=argv)
     return arguments

@@ -102,6 +102,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         setattr(args, name, [kind(item) for item in values])
     for name in args.algorithms:
         get_algorithm(name)
+    # Checked here, before any run: a rho of 0 trains FedAvg under a masked algorithm's label.
+    masked = [name for name in args.algorithms if get_algorithm(name).is_masked]
+    if masked:
+        for rho in args.rhos:
+            if not 0.0 < rho < 1.0:
+                parser.error(
+                    f"--rhos takes mask ratios with 0 < rho < 1 for the masked algorithms {', '.join(masked)}, "
+                    f"got {rho:g}."
+                )
     # 0 or null in a config file means the whole split.
     args.max_train_samples = args.max_train_samples or None
     args.max_test_samples = args.max_test_samples or None

@@ -116,6 +116,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     for method in args.methods:
         if method not in ("fix", "prune"):
             raise ValueError(f"--methods accepts 'fix' and 'prune', got {method!r}.")
+    # Checked here, before any training: a rho of 0 or less would train vanilla models under a TNA-PFN label.
+    for option, values in (("--rho", [args.rho]), ("--rhos", args.rhos)):
+        for rho in values:
+            if not 0.0 < rho < 1.0:
+                parser.error(f"{option} takes mask ratios with 0 < rho < 1, got {rho:g}.")
     return args
 
 

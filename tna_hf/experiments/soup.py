@@ -184,7 +184,7 @@ def parse_arguments(argv: Optional[list[str]] = None) -> SoupArguments:
     """
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(SoupArguments, description="Model soups with and without TNA-PFN.")
+    parser = HfArgumentParser(SoupArguments, prog="tna soup", description="Model soups with and without TNA-PFN.")
     set_defaults_from_config_file(parser, argv)
     (arguments,) = parser.parse_args_into_dataclasses(args=argv)
     return arguments
