@@ -365,14 +365,14 @@ def test_fedpfn_composes_with_other_aggregator(client_data):
     "rho, algorithms",
     [("0", ["fedpfn"]), ("-0.1", ["fedavg", "fedpnu"]), ("1", ["fedpruning"]), ("1.5", ["fedpfn_fixed"])],
 )
-def test_masked_algorithm_rho_outside_open_unit_interval_rejected_before_running(tmp_path, capsys, rho, algorithms):
+def test_masked_invalid_rho_rejected_before_running(tmp_path, capsys, rho, algorithms):
     output_dir = tmp_path / "out"
     argv = ["--output_dir", str(output_dir), "--rounds", "1", "--no_plot", "--no_progress", "--rhos", rho]
     with pytest.raises(SystemExit) as raised:
         federated_main([*argv, "--algorithms", *algorithms])
     assert raised.value.code == 2
     err = capsys.readouterr().err
-    assert f"--rhos takes mask ratios with 0 < rho < 1 for the masked algorithms {algorithms[-1]}, got {rho}." in err
+    assert f"invalid --rhos value {rho} for the masked algorithms {algorithms[-1]}: use a mask ratio" in err
     assert not output_dir.exists()
 
 

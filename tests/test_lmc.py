@@ -171,13 +171,13 @@ def test_format_table_mean_and_std():
 @pytest.mark.parametrize(
     "flags, shown",
     [
-        (["--rhos", "-0.2"], "--rhos takes mask ratios with 0 < rho < 1, got -0.2."),
-        (["--rhos", "0.4", "1.5"], "--rhos takes mask ratios with 0 < rho < 1, got 1.5."),
-        (["--rhos", "0"], "--rhos takes mask ratios with 0 < rho < 1, got 0."),
-        (["--experiment", "depth_width", "--rho", "1"], "--rho takes mask ratios with 0 < rho < 1, got 1."),
+        (["--rhos", "-0.2"], "invalid --rhos value -0.2: use a mask ratio with 0 < rho < 1"),
+        (["--rhos", "0.4", "1.5"], "invalid --rhos value 1.5: use a mask ratio with 0 < rho < 1"),
+        (["--rhos", "0"], "invalid --rhos value 0: use a mask ratio with 0 < rho < 1"),
+        (["--experiment", "depth_width", "--rho", "1"], "invalid --rho value 1: use a mask ratio with 0 < rho < 1"),
     ],
 )
-def test_rho_outside_open_unit_interval_rejected_before_training(tmp_path, capsys, flags, shown):
+def test_invalid_rho_rejected_before_training(tmp_path, capsys, flags, shown):
     output_dir = tmp_path / "out"
     with pytest.raises(SystemExit) as raised:
         main([*ONE_SEED, *flags, "--output_dir", str(output_dir)])
@@ -186,6 +186,6 @@ def test_rho_outside_open_unit_interval_rejected_before_training(tmp_path, capsy
     assert not output_dir.exists()
 
 
-def test_rho_inside_open_unit_interval_accepted():
+def test_valid_rhos_accepted():
     args = parse_args(["--rho", "0.05", "--rhos", "0.1", "0.95"])
     assert (args.rho, args.rhos) == (0.05, [0.1, 0.95])

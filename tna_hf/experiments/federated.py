@@ -108,8 +108,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         for rho in args.rhos:
             if not 0.0 < rho < 1.0:
                 parser.error(
-                    f"--rhos takes mask ratios with 0 < rho < 1 for the masked algorithms {', '.join(masked)}, "
-                    f"got {rho:g}."
+                    f"invalid --rhos value {rho:g} for the masked algorithms {', '.join(masked)}: "
+                    "use a mask ratio with 0 < rho < 1 (e.g. 0.4)."
                 )
     # 0 or null in a config file means the whole split.
     args.max_train_samples = args.max_train_samples or None

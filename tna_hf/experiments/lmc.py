@@ -120,7 +120,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     for option, values in (("--rho", [args.rho]), ("--rhos", args.rhos)):
         for rho in values:
             if not 0.0 < rho < 1.0:
-                parser.error(f"{option} takes mask ratios with 0 < rho < 1, got {rho:g}.")
+                parser.error(f"invalid {option} value {rho:g}: use a mask ratio with 0 < rho < 1 (e.g. 0.4).")
     return args
 
 
