@@ -10,6 +10,8 @@ only wall time means anything.
 from __future__ import annotations
 
 import copy
+import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -168,3 +170,11 @@ def summarize(times: dict[str, dict[str, list[float]]], reference: str, clock: s
             "median_block_ratio": statistics.median(block_ratios),
         }
     return summary
+
+
+def write_json_atomic(path: str, results: dict) -> None:
+    """Write `results` as sorted JSON to `path` through a temporary file, so an old file is never half-written."""
+    tmp_path = path + ".tmp"
+    with open(tmp_path, "w") as handle:
+        json.dump(results, handle, indent=2, sort_keys=True)
+    os.replace(tmp_path, path)

@@ -23,7 +23,6 @@ Results are printed as a table and written as JSON with `--output`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -45,6 +44,7 @@ from _common import (  # noqa: E402
     summarize,
     synchronize,
     train_step,
+    write_json_atomic,
 )
 
 from tna_hf import MaskedUpdate, save_masks  # noqa: E402
@@ -323,10 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
     print_table(results)
     if args.output:
-        tmp_path = args.output + ".tmp"
-        with open(tmp_path, "w") as handle:
-            json.dump(results, handle, indent=2, sort_keys=True)
-        os.replace(tmp_path, args.output)
+        write_json_atomic(args.output, results)
     return results
 
 

@@ -42,7 +42,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -51,7 +50,16 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _common import BUILDERS, ModelCase, interleaved_times, make_adamw, masked_copy, summarize, train_step  # noqa: E402
+from _common import (  # noqa: E402
+    BUILDERS,
+    ModelCase,
+    interleaved_times,
+    make_adamw,
+    masked_copy,
+    summarize,
+    train_step,
+    write_json_atomic,
+)
 
 from tna_hf import MaskedUpdate  # noqa: E402
 
@@ -329,10 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{row['median_block_ratio']:>13.3f}{exact:>7}"
                 )
     if args.output:
-        tmp_path = args.output + ".tmp"
-        with open(tmp_path, "w") as handle:
-            json.dump(results, handle, indent=2, sort_keys=True)
-        os.replace(tmp_path, args.output)
+        write_json_atomic(args.output, results)
     return results
 
 

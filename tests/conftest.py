@@ -125,3 +125,12 @@ def fashion_mnist_tiny() -> list[dict[str, torch.Tensor]]:
     pixels = torch.nn.functional.interpolate(pixels, size=TINY_IMAGE_SIZE, mode="bilinear", antialias=True)
     pixels = pixels.mul(2.0).sub(1.0)
     return [{"pixel_values": pixels[i], "labels": labels[i]} for i in range(len(pixels))]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a test module on one torch thread and restore the previous count afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -19,14 +19,8 @@ from tna_hf.metrics import (
 )
 from tna_hf.models import build_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small models on a CPU shared with other jobs run many times faster on one thread.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Small models on a CPU shared with other jobs run many times faster on one thread.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def two_neuron_net(u, v):

@@ -51,7 +51,8 @@ def test_digits_split():
     test_images, _ = load_digits_split("test")
     assert images.shape[1:] == (8, 8)
     assert images.shape[0] + test_images.shape[0] == 1797
-    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    assert float(images.min()) >= 0.0
+    assert float(images.max()) <= 1.0
     assert labels.unique().tolist() == list(range(10))
 
 
@@ -63,7 +64,8 @@ def test_polynomial_sets(degree, low, high, function):
     inputs, targets = make_polynomial_data(degree)
     assert inputs.shape == (100, 1)
     assert targets.shape == (100, 1)
-    assert float(inputs.min()) >= low and float(inputs.max()) <= high
+    assert float(inputs.min()) >= low
+    assert float(inputs.max()) <= high
     noise = targets - function(inputs)
     assert 0.03 < float(noise.std()) < 0.07, "noise std should be about 0.05"
     test_inputs, _ = make_polynomial_data(degree, "test")

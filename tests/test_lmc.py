@@ -4,19 +4,13 @@ import json
 import os
 
 import pytest
-import torch
 import yaml
 
 from tna_hf.experiments.lmc import layer_patterns, main, parse_args
 from tna_hf.experiments.lmc_report import format_table
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Small models on a CPU shared with other jobs run many times faster on one thread.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = ["--dataset", "digits", "--models", "mlp_h1_w16", "--epochs", "2", "--batch_size", "32", "--no_progress"]

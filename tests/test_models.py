@@ -5,14 +5,8 @@ import torch
 
 from tna_hf.models import MODEL_NAME_FORMS, SimpleCNN, build_model, count_parameters
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small models on a CPU shared with other jobs run many times faster on one thread.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Small models on a CPU shared with other jobs run many times faster on one thread.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def mlp_count(in_features, hidden_layers, width, outputs):

@@ -109,7 +109,7 @@ def _loss(outputs: torch.Tensor, targets: torch.Tensor, task: str) -> torch.Tens
 
 @dataclass
 class TrainResult:
-    """What one training run produced: the mean training loss of every epoch and the step count."""
+    """Result of one training run: the mean training loss of every epoch and the step count."""
 
     epoch_losses: list[float]
     steps: int

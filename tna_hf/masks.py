@@ -143,7 +143,7 @@ def save_masks(
 ) -> str:
     """Save `masks` as bit-packed `tna_mask.safetensors` (and `config` as `tna_config.json`) in `save_directory`.
 
-    The file holds one uint8 tensor of packed bits and a JSON header (names, shapes, fingerprint) in the
+    The file contains one uint8 tensor of packed bits and a JSON header (names, shapes, fingerprint) in the
     safetensors metadata: one bit per targeted entry plus the header. It is written to a temporary file
     and renamed, so an existing mask file is never half-written. Returns the mask file's path.
     """
@@ -186,7 +186,7 @@ def load_masks(
     """Load masks saved by `save_masks` and check them.
 
     Args:
-        directory: Folder that holds `tna_mask.safetensors`.
+        directory: Folder that contains `tna_mask.safetensors`.
         model: If given, every targeted trainable parameter of the model (by `config`, or by the
             `tna_config.json` beside the masks) must have a mask of its shape, and no mask may lack a parameter.
         config: Config that selects the targeted parameters of `model`; read from `directory` when None.

@@ -22,7 +22,7 @@ CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 
 
 def find_fashion_mnist(root: Optional[str] = None) -> str:
-    """Return the folder that holds the four Fashion-MNIST idx `.gz` files, or raise with how to get them."""
+    """Return the folder that contains the four Fashion-MNIST idx `.gz` files, or raise with how to get them."""
     candidates = [root] if root else [os.environ.get("TNA_FASHION_MNIST_DIR"), *DEFAULT_DIRS]
     for folder in candidates:
         if folder and all(os.path.isfile(os.path.join(folder, name)) for pair in FILES.values() for name in pair):
